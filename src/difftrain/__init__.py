@@ -1,0 +1,1 @@
+"""difftrain: train diffusion models stably."""

@@ -1,0 +1,137 @@
+"""`DiffusionModule`: the LightningModule that trains a denoiser and keeps an EMA of it."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from difftrain.diffusion import Denoiser, NoiseSchedule, Objective, Sampler
+from difftrain.diffusion.generate import generate, seeded_generator
+from difftrain.diffusion.loss import denoising_loss
+from difftrain.ema import ema_model
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains `Denoiser(net, objective)` with the denoising loss at noise levels from `schedule`.
+
+    The EMA copy of the denoiser (`self.ema.module`) is what validation and sampling use.
+    Validation draws fixed noise and fixed noise levels per example, so `val/loss` is comparable
+    across epochs and runs; it is also logged per noise-level bucket (edges in `val_sigma_edges`).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: NoiseSchedule,
+        objective: Objective,
+        sampler: Sampler,
+        optimizer: OptimizerFactory,
+        ema_decay: Callable[[int], float],
+        lr_scheduler: SchedulerFactory | None = None,
+        val_sigma_edges: Sequence[float] = (0.1, 1.0, 10.0),
+        val_seed: int = 0,
+    ):
+        super().__init__()
+        self.denoiser = Denoiser(net, objective)
+        self.ema = ema_model(self.denoiser, ema_decay)
+        self.schedule, self.sampler = schedule, sampler
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.val_sigma_edges, self.val_seed = sorted(val_sigma_edges), val_seed
+        self.val_bucket_names = _bucket_names(self.val_sigma_edges)
+        self.val_loss = MeanMetric()
+        self.val_bucket_loss = nn.ModuleList(MeanMetric() for _ in self.val_bucket_names)
+
+    @property
+    def conditional(self) -> bool:
+        return getattr(self.denoiser.net, "num_classes", 0) > 0
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x0, labels = batch
+        sigma = self.schedule.sigma(torch.rand(x0.shape[0], device=x0.device))
+        noise = torch.randn_like(x0)
+        loss = denoising_loss(
+            self.denoiser, x0, sigma, noise, labels if self.conditional else None
+        ).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        self.ema.update_parameters(self.denoiser)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x0, labels = batch
+        index = batch_idx * self.trainer.val_dataloaders.batch_size + torch.arange(x0.shape[0])
+        sigma, noise = self._fixed_noise(index, x0.shape[1:])
+        sigma, noise = sigma.to(x0), noise.to(x0)
+        losses = denoising_loss(
+            self.ema.module, x0, sigma, noise, labels if self.conditional else None
+        )
+        self.val_loss.update(losses)
+        bucket = torch.bucketize(sigma, sigma.new_tensor(self.val_sigma_edges), right=True)
+        for b, metric in enumerate(self.val_bucket_loss):
+            metric.update(losses, weight=(bucket == b).float())
+        self.log("val/loss", self.val_loss, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, metric in zip(self.val_bucket_names, self.val_bucket_loss, strict=True):
+            value = metric.compute()
+            if not value.isnan():
+                self.log(name, value)
+            metric.reset()
+
+    def _fixed_noise(self, index: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
+        """Noise level and noise of validation example i: the same in every epoch and run."""
+        golden = (math.sqrt(5) - 1) / 2
+        t = torch.frac(0.5 + index.double() * golden).float()  # low-discrepancy levels in [0, 1)
+        noise = torch.stack(
+            [torch.randn(shape, generator=seeded_generator(self.val_seed, int(i))) for i in index]
+        )
+        return self.schedule.sigma(t), noise
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, seed: int = 0, class_labels: Tensor | None = None, batch_size: int = 256
+    ) -> tuple[Tensor, int]:
+        """n images (n, C, H, W) from the EMA denoiser in the model's value range, and the NFE."""
+        net = self.denoiser.net
+        shape = (net.in_channels, net.image_size, net.image_size)
+        return generate(
+            self.ema.module,
+            self.schedule,
+            self.sampler,
+            shape,
+            n,
+            seed=seed,
+            batch_size=batch_size,
+            device=self.device,
+            class_labels=class_labels,
+        )
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(self.denoiser.parameters())
+        if self.lr_scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def _bucket_names(edges: Sequence[float]) -> list[str]:
+    """Metric names for the noise-level buckets cut by `edges`, e.g. val/loss_sigma_0.1-1."""
+    if not edges:
+        return []
+    b = [f"{e:g}" for e in edges]
+    middle = [f"val/loss_sigma_{lo}-{hi}" for lo, hi in itertools.pairwise(b)]
+    return [f"val/loss_sigma_lt{b[0]}", *middle, f"val/loss_sigma_ge{b[-1]}"]

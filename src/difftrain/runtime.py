@@ -1,0 +1,19 @@
+"""Process-wide settings (seed, threads, matmul precision), applied in one place from the config."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+import torch
+
+
+def apply_runtime(seed: int | None, num_threads: int | None, float32_matmul_precision: str) -> None:
+    """Set the seed and torch's global knobs for this run; clears a seed left by an earlier job."""
+    if seed is None:
+        os.environ.pop("PL_GLOBAL_SEED", None)
+    else:
+        L.seed_everything(seed, workers=True)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    torch.set_float32_matmul_precision(float32_matmul_precision)

@@ -1,0 +1,97 @@
+"""Shared fixtures: composing the Hydra config as the apps do, and small on-disk datasets."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from difftrain.config import CONFIG_DIR
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# Overrides that keep a training run to seconds on a CPU.
+FAST = [
+    "debug=fast",
+    "net=unet_tiny",
+    "trainer.accelerator=cpu",
+    "data.batch_size=8",
+    "data.val_batch_size=8",
+    "~callbacks.progress_bar",
+]
+
+
+def compose_cfg(tmp_path: Path, *overrides: str, config_name: str = "train") -> DictConfig:
+    """Compose a config like `difftrain-<name> overrides...`, with outputs under tmp_path."""
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides))
+    if "paths" in cfg:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.data_dir = str(tmp_path / "data")
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    return lambda *overrides, config_name="train": compose_cfg(
+        tmp_path, *overrides, config_name=config_name
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """last.ckpt of a few-step unet_tiny run on digits, shared by the tests that sample from one."""
+    from difftrain.train import train
+
+    cfg = compose_cfg(tmp_path_factory.mktemp("tiny"), *FAST, "logger=none")
+    train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
+def write_mnist(root: Path, n_train: int = 64, n_test: int = 32) -> Path:
+    """Random 28x28 digits in torchvision's MNIST layout (uncompressed IDX files under root/MNIST/raw)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n, dtype=np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes()
+        )
+    return root
+
+
+def write_cifar10(root: Path, n_per_batch: int = 16) -> Path:
+    """Random images in torchvision's CIFAR-10 layout (pickled batches under root/cifar-10-batches-py)."""
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            "data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            "labels": rng.integers(0, 10, n_per_batch).tolist(),
+        }
+        (base / name).write_bytes(pickle.dumps(batch))
+    meta = {"label_names": [f"class{i}" for i in range(10)]}
+    (base / "batches.meta").write_bytes(pickle.dumps(meta))
+    return root
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A CIFAR-10 tree; torchvision's md5 checks are bypassed since the files are not the real ones."""
+    from torchvision.datasets import cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: True)
+    return write_cifar10(tmp_path / "data")

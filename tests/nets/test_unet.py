@@ -1,0 +1,56 @@
+"""The UNet: shapes, start-up checks, attention and class conditioning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difftrain.nets import UNet
+
+TINY = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, head_channels=8)
+
+
+def randomize(net):
+    """Leave the zero init, under which the residual branches (and the conditioning) are silent."""
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+
+
+def test_output_matches_input_shape_and_starts_at_zero():
+    net = UNet(3, 16, attn_resolutions=(8,), **TINY)
+    x = torch.randn(2, 3, 16, 16)
+    out = net(x, torch.randn(2))
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # zero-initialised output layer (ADM)
+
+
+def test_image_size_that_cannot_be_halved_fails_with_the_sizes():
+    with pytest.raises(
+        ValueError, match=r"image size 28 cannot be halved 3 times .* divisible by 8 \(e\.g\. 32\)"
+    ):
+        UNet(1, 28, channels=8, channel_mult=(1, 2, 2, 2), norm_groups=4)
+
+
+def test_unknown_attention_resolution_and_bad_groups_fail():
+    with pytest.raises(ValueError, match="attn_resolutions"):
+        UNet(1, 16, attn_resolutions=(5,), **TINY)
+    with pytest.raises(ValueError, match="norm_groups"):
+        UNet(1, 16, **{**TINY, "norm_groups": 3})
+
+
+def test_class_conditioning_changes_the_output_and_none_is_the_null_class():
+    torch.manual_seed(0)
+    net = UNet(1, 8, num_classes=10, **TINY)
+    randomize(net)
+    x, c = torch.randn(2, 1, 8, 8), torch.zeros(2)
+    a, b = net(x, c, torch.tensor([1, 1])), net(x, c, torch.tensor([2, 2]))
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(net(x, c, None), net(x, c, torch.tensor([10, 10])))
+
+
+def test_gradients_reach_every_parameter():
+    net = UNet(1, 16, attn_resolutions=(16, 8), num_classes=3, **TINY)
+    randomize(net)
+    net(torch.randn(2, 1, 16, 16), torch.randn(2), torch.tensor([0, 1])).square().sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == [] or missing == ["class_emb.weight"]  # unused class rows only

@@ -1,0 +1,166 @@
+"""Every option of every config group composes, and everything with a _target_ instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import wandb
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from difftrain.config import CONFIG_DIR
+from difftrain.data import ImageDataModule
+from difftrain.diffusion import Denoiser, NoiseSchedule, Objective, Sampler
+from difftrain.module import DiffusionModule
+
+CONF = Path(CONFIG_DIR)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_mirror_the_issue_list():
+    groups = {p.name for p in CONF.iterdir() if p.is_dir()}
+    expected = {
+        "data",
+        "net",
+        "schedule",
+        "objective",
+        "sampler",
+        "optimizer",
+        "lr_scheduler",
+        "ema",
+    }
+    expected |= {"trainer", "callbacks", "logger", "paths", "hydra", "experiment", "debug"}
+    assert expected <= groups
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data(make_cfg, option):
+    cfg = make_cfg(f"data={option}")
+    assert isinstance(instantiate(cfg.data), ImageDataModule)
+
+
+@pytest.mark.parametrize("option", options("net"))
+def test_net(make_cfg, option):
+    cfg = make_cfg(f"net={option}", "data.image_size=32")
+    net = instantiate(cfg.net)
+    x = torch.randn(2, cfg.data.channels, 32, 32)
+    with torch.no_grad():
+        assert net(x, torch.zeros(2)).shape == x.shape
+
+
+@pytest.mark.parametrize("option", options("schedule"))
+def test_schedule(make_cfg, option):
+    schedule = instantiate(make_cfg(f"schedule={option}").schedule)
+    assert isinstance(schedule, NoiseSchedule)
+    assert torch.isfinite(schedule.sigma(torch.linspace(0, 1, 11))).all()
+
+
+@pytest.mark.parametrize("option", options("objective"))
+def test_objective(make_cfg, option):
+    assert isinstance(instantiate(make_cfg(f"objective={option}").objective), Objective)
+
+
+@pytest.mark.parametrize("option", options("sampler"))
+def test_sampler(make_cfg, option):
+    cfg = make_cfg(f"sampler={option}", "sampler.steps=5")
+    sampler, schedule = instantiate(cfg.sampler), instantiate(cfg.schedule)
+    assert isinstance(sampler, Sampler)
+    x, nfe = sampler(
+        lambda x, sigma, labels: torch.zeros_like(x), torch.randn(2, 1, 4, 4), schedule
+    )
+    assert nfe == 5
+    assert torch.allclose(x, torch.zeros_like(x))  # a denoiser that always answers 0 leads to 0
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+def test_optimizer(make_cfg, option):
+    cfg = make_cfg(f"optimizer={option}")
+    assert isinstance(
+        instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(3))]), torch.optim.Optimizer
+    )
+
+
+@pytest.mark.parametrize("option", options("lr_scheduler"))
+def test_lr_scheduler(make_cfg, option):
+    cfg = make_cfg(f"lr_scheduler={option}")
+    optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(3))])
+    instantiate(cfg.lr_scheduler)(optimizer)
+
+
+@pytest.mark.parametrize("option", options("ema"))
+def test_ema(make_cfg, option):
+    decay = instantiate(make_cfg(f"ema={option}").ema)
+    betas = [decay(n) for n in range(1, 10_000, 100)]
+    assert all(0 <= b < 1 for b in betas) and betas == sorted(betas)
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer(make_cfg, option):
+    overrides = [] if torch.cuda.is_available() else ["trainer.accelerator=cpu"]
+    cfg = make_cfg(f"trainer={option}", *overrides)
+    assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False), L.Trainer)
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callbacks(make_cfg, option):
+    cfg = make_cfg(f"callbacks={option}")
+    assert all(isinstance(instantiate(c), L.Callback) for c in cfg.callbacks.values())
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger(make_cfg, option):
+    cfg = make_cfg(f"logger={option}")
+    try:
+        loggers = [instantiate(c) for c in cfg.logger.values()]
+    finally:
+        wandb.finish()
+    assert all(hasattr(logger, "log_metrics") for logger in loggers)
+
+
+def test_paths_and_hydra(make_cfg):
+    assert set(make_cfg().paths) == {"root_dir", "data_dir", "log_dir", "output_dir"}
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        hydra_cfg = compose("train", return_hydra_config=True).hydra
+    raw = OmegaConf.to_container(hydra_cfg, resolve=False)
+    assert raw["run"]["dir"].startswith("${paths.log_dir}/${task_name}/runs/")
+    assert raw["sweep"]["subdir"] == "${hydra.job.num}"  # one run dir per multirun job
+    assert raw["job"]["chdir"] is False
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiment(make_cfg, option):
+    cfg = make_cfg(f"experiment={option}")
+    assert isinstance(instantiate(cfg.data), ImageDataModule)
+    model = instantiate(cfg.model)
+    assert isinstance(model, DiffusionModule) and isinstance(model.denoiser, Denoiser)
+
+
+@pytest.mark.parametrize("option", options("debug"))
+def test_debug(make_cfg, option):
+    cfg = make_cfg(f"debug={option}", "trainer.accelerator=cpu")
+    assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False), L.Trainer)
+
+
+def test_root_model_instantiates(make_cfg):
+    assert isinstance(instantiate(make_cfg().model), DiffusionModule)
+
+
+def test_sample_config_composes(make_cfg):
+    cfg = make_cfg("ckpt=x.ckpt", "sampler=ddim", config_name="sample")
+    assert cfg.sampler.steps == 50 and cfg.ckpt == "x.ckpt"
+    assert make_cfg("ckpt=x.ckpt", config_name="sample").get("sampler") is None
+
+
+def test_unknown_key_is_an_error(make_cfg):
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("net.chanels=16")
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("learning_rate=1e-3")

@@ -1,0 +1,48 @@
+"""difftrain-sample: npz and grid from a checkpoint alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difftrain.checkpoint import load_trained
+from tests.test_train import run_cli
+
+
+def test_sample_cli_writes_uint8_npz_and_grid(tiny_checkpoint, tmp_path):
+    out = tmp_path / "s" / "samples.npz"
+    result = run_cli(
+        "difftrain.sample",
+        f"ckpt={tiny_checkpoint}",
+        "n=10",
+        f"out={out}",
+        "sampler=ddim",
+        "sampler.steps=3",
+        "seed=1",
+        cwd=tmp_path,
+    )
+    assert "NFE 3" in result.stdout
+    data = np.load(out)
+    assert data["images"].dtype == np.uint8 and data["images"].shape == (10, 16, 16, 1)
+    assert int(data["nfe"]) == 3 and int(data["step"]) == 4
+    assert Image.open(out.with_suffix(".png")).size == (4 * 18 + 2, 3 * 18 + 2)
+    assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()
+
+
+def test_checkpoint_restores_the_ema_weights_and_training_sampler(tiny_checkpoint):
+    model = load_trained(tiny_checkpoint)
+    state = torch.load(tiny_checkpoint, weights_only=False)["state_dict"]
+    torch.testing.assert_close(
+        model.denoiser.net.conv_in.weight, state["ema.module.net.conv_in.weight"]
+    )
+    assert model.sampler.steps == 4 and model.shape == (1, 16, 16)
+
+
+def test_missing_or_foreign_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_trained(tmp_path / "nope.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a difftrain checkpoint"):
+        load_trained(tmp_path / "other.ckpt")
