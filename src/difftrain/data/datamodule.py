@@ -1,0 +1,111 @@
+"""`ImageDataModule`: owns the dataset splits, augmentation and normalization."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from difftrain.data.transforms import to_model_range, to_uint8
+
+
+class _Mapped(Dataset):
+    """Applies an image transform to a dataset of (image, label)."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Tensor], Tensor]):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x, y = self.dataset[i]
+        return self.transform(x), y
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Batches of (images (B, C, S, S) in `value_range`, labels (B,)) for training and validation.
+
+    `dataset(split)` returns images in [0, 1]; augmentation (train split only) acts there,
+    then images are mapped to the model's value range.
+    """
+
+    def __init__(
+        self,
+        dataset: Callable[[str], Dataset],
+        image_size: int,
+        channels: int,
+        num_classes: int,
+        value_range: Sequence[float] = (-1.0, 1.0),
+        hflip: bool = False,
+        translate: float = 0.0,
+        batch_size: int = 128,
+        val_batch_size: int = 256,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if value_range[0] >= value_range[1]:
+            raise ValueError(f"value_range must be increasing, got {list(value_range)}")
+        self.dataset, self.image_size, self.channels = dataset, image_size, channels
+        self.num_classes, self.value_range = num_classes, tuple(value_range)
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        augment = [v2.RandomHorizontalFlip()] if hflip else []
+        if translate > 0:
+            augment.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))
+        self.augment = v2.Compose(augment) if augment else v2.Identity()
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return to_model_range(x, self.value_range)
+
+    def _train_transform(self, x: Tensor) -> Tensor:
+        return self.normalize(self.augment(x))
+
+    def to_uint8(self, x: Tensor) -> Tensor:
+        """The exact inverse of `normalize`, to uint8 (B, H, W, C)."""
+        return to_uint8(x, self.value_range)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val = self.dataset("train"), self.dataset("val")
+        self._check(train)
+        self.train_set = _Mapped(train, self._train_transform)
+        self.val_set = _Mapped(val, self.normalize)
+
+    def _check(self, dataset: Dataset) -> None:
+        x, y = dataset[0]
+        expected = (self.channels, self.image_size, self.image_size)
+        if tuple(x.shape) != expected:
+            raise ValueError(
+                f"dataset yields images of shape {tuple(x.shape)} but data.channels/data.image_size "
+                f"say {expected}: make them agree"
+            )
+        labels = getattr(dataset, "labels", None)
+        top = int(torch.as_tensor(labels).max()) if labels is not None and len(labels) else y
+        if self.num_classes and top >= self.num_classes:
+            raise ValueError(f"dataset has label {top} but data.num_classes={self.num_classes}")
+
+    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) >= batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.val_batch_size, train=False)
