@@ -42,20 +42,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(resolved)
 
     # Fit; each job of a multirun gets its own W&B run.
-    start = time.perf_counter()
+    start, wandb_dir = time.perf_counter(), None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     finally:
         if wandb.run is not None:
+            wandb_dir = Path(wandb.run.dir).parent
             wandb.finish()
     minutes = (time.perf_counter() - start) / 60
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    _report(trainer, minutes, metrics)
+    _report(trainer, minutes, metrics, wandb_dir)
     return metrics
 
 
-def _report(trainer: L.Trainer, minutes: float, metrics: dict[str, float]) -> None:
+def _report(
+    trainer: L.Trainer, minutes: float, metrics: dict[str, float], wandb_dir: Path | None
+) -> None:
     """Print where the run's outputs are and how fast it trained."""
     lines = [f"trained {trainer.global_step} steps in {minutes:.1f} min"]
     for cb in trainer.callbacks:

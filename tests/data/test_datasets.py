@@ -23,7 +23,7 @@ def test_digits_split_is_fixed_and_disjoint():
     train, val = ds.digits("train", image_size=16), ds.digits("val", image_size=16)
     assert len(train) + len(val) == 1797 and len(val) == 180
     x, y = train[0]
-    assert x.shape == (1, 16, 16) and 0 <= x.min() and x.max() <= 1 and 0 <= y < 10
+    assert x.shape == (1, 16, 16) and x.min() >= 0 and x.max() <= 1 and 0 <= y < 10
     assert torch.equal(ds.digits("val", image_size=16).images, val.images)
     flat = lambda d: {tuple(img.flatten().tolist()) for img in d.images}  # noqa: E731
     assert not flat(train) & flat(val) - {tuple([0] * 256)}
@@ -36,7 +36,9 @@ def test_mnist_from_torchvision_layout(tmp_path):
     assert train[0][0].shape == (1, 32, 32)
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/data")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/data"
+)
 def test_real_mnist_from_shared_data():
     train, val = ds.mnist("train", str(SHARED_DATA)), ds.mnist("val", str(SHARED_DATA))
     assert (len(train), len(val)) == (60_000, 10_000)
@@ -75,21 +77,33 @@ def test_corrupt_image_names_the_file(tmp_path):
     root = write_images(tmp_path / "imgs")
     (root / "cat" / "0.png").write_bytes(b"not a png")
     dataset = ds.image_folder("train", str(root), image_size=8, val_fraction=0.2)
-    bad = next(i for i, f in enumerate(dataset.files) if f.name == "0.png" and f.parent.name == "cat")
+    bad = next(
+        i for i, f in enumerate(dataset.files) if f.name == "0.png" and f.parent.name == "cat"
+    )
     with pytest.raises(RuntimeError, match=r"cannot read image .*cat/0\.png.*remove or replace"):
         dataset[bad]
 
 
 def test_datamodule_normalizes_augments_and_checks_shapes():
-    dm = ImageDataModule(lambda split: ds.digits(split, image_size=8), image_size=8, channels=1, num_classes=10, hflip=True)
+    dm = ImageDataModule(
+        lambda split: ds.digits(split, image_size=8),
+        image_size=8,
+        channels=1,
+        num_classes=10,
+        hflip=True,
+    )
     dm.setup()
     x, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (128, 1, 8, 8) and x.min() >= -1 and x.max() <= 1 and x.min() == -1
     vx, _ = next(iter(dm.val_dataloader()))
     torch.testing.assert_close(vx[:4], dm.normalize(dm.val_set.dataset.images[:4].float() / 255))
-    wrong = ImageDataModule(lambda split: ds.digits(split, image_size=8), image_size=16, channels=1, num_classes=10)
+    wrong = ImageDataModule(
+        lambda split: ds.digits(split, image_size=8), image_size=16, channels=1, num_classes=10
+    )
     with pytest.raises(ValueError, match=r"shape \(1, 8, 8\) .* say \(1, 16, 16\)"):
         wrong.setup()
-    too_few = ImageDataModule(lambda split: ds.digits(split, image_size=8), image_size=8, channels=1, num_classes=5)
+    too_few = ImageDataModule(
+        lambda split: ds.digits(split, image_size=8), image_size=8, channels=1, num_classes=5
+    )
     with pytest.raises(ValueError, match="num_classes=5"):
         too_few.setup()

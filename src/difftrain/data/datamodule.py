@@ -52,7 +52,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"value_range must be increasing, got {list(value_range)}")
         self.dataset, self.image_size, self.channels = dataset, image_size, channels
         self.num_classes, self.value_range = num_classes, tuple(value_range)
-        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.batch_size, self.val_batch_size, self.num_workers = (
+            batch_size,
+            val_batch_size,
+            num_workers,
+        )
         augment = [v2.RandomHorizontalFlip()] if hflip else []
         if translate > 0:
             augment.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))

@@ -36,7 +36,9 @@ def _resize_uint8(images: Tensor, size: int) -> Tensor:
     """Resize uint8 images (N, C, H, W) to size x size with antialiased bilinear interpolation."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(
+        images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -51,12 +53,16 @@ def _split_indices(n: int, split: str, val_fraction: float, seed: int) -> Tensor
     return perm[:n_val] if split == "val" else perm[n_val:]
 
 
-def digits(split: str, image_size: int = 16, val_fraction: float = 0.1, seed: int = 0) -> TensorImages:
+def digits(
+    split: str, image_size: int = 16, val_fraction: float = 0.1, seed: int = 0
+) -> TensorImages:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), resized."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = torch.from_numpy(bunch.images).float().div(16).mul(255).round().to(torch.uint8)[:, None]
+    images = (
+        torch.from_numpy(bunch.images).float().div(16).mul(255).round().to(torch.uint8)[:, None]
+    )
     idx = _split_indices(len(images), split, val_fraction, seed)
     labels = torch.from_numpy(bunch.target)
     return TensorImages(_resize_uint8(images[idx], image_size), labels[idx])
@@ -130,7 +136,9 @@ def image_folder(
     """Any folder tree of images (png, jpg, ...), with a fixed-seed train/val split."""
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"image folder {base.resolve()} does not exist. Fix: set data.dataset.root")
+        raise FileNotFoundError(
+            f"image folder {base.resolve()} does not exist. Fix: set data.dataset.root"
+        )
     files = sorted(p for p in base.rglob("*") if p.suffix.lower() in tvd.folder.IMG_EXTENSIONS)
     if len(files) < 2:
         raise FileNotFoundError(
