@@ -45,14 +45,28 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     )
 
 
+def _train_tiny(tmp_path: Path, *overrides: str) -> Path:
+    from difftrain.train import train
+
+    cfg = compose_cfg(tmp_path, *FAST, "logger=none", *overrides)
+    train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """last.ckpt of a few-step unet_tiny run on digits, shared by the tests that sample from one."""
-    from difftrain.train import train
+    return _train_tiny(tmp_path_factory.mktemp("tiny"))
 
-    cfg = compose_cfg(tmp_path_factory.mktemp("tiny"), *FAST, "logger=none")
-    train(cfg)
-    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+@pytest.fixture(scope="session")
+def tiny_conditional_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same, class-conditional with label dropout (for classifier-free guidance)."""
+    return _train_tiny(
+        tmp_path_factory.mktemp("tiny_cond"),
+        "net.num_classes=${data.num_classes}",
+        "model.label_dropout=0.1",
+    )
 
 
 def write_mnist(root: Path, n_train: int = 64, n_test: int = 32) -> Path:

@@ -68,6 +68,21 @@ def test_objective(make_cfg, option):
     assert isinstance(instantiate(make_cfg(f"objective={option}").objective), Objective)
 
 
+@pytest.mark.parametrize("option", options("noise_levels"))
+def test_noise_levels(make_cfg, option):
+    cfg = make_cfg(f"noise_levels={option}")
+    sigma, weight = instantiate(cfg.noise_levels)(8, instantiate(cfg.schedule), torch.device("cpu"))
+    assert sigma.shape == weight.shape == (8,) and (sigma > 0).all()
+
+
+@pytest.mark.parametrize("option", options("weighting"))
+def test_weighting(make_cfg, option):
+    cfg = make_cfg(f"weighting={option}")
+    sigma = torch.logspace(-2, 2, 5)
+    _, c_out, _, _ = instantiate(cfg.objective).scalings(sigma)
+    assert (instantiate(cfg.weighting)(sigma, c_out) > 0).all()
+
+
 @pytest.mark.parametrize("option", options("sampler"))
 def test_sampler(make_cfg, option):
     cfg = make_cfg(f"sampler={option}", "sampler.steps=5")
@@ -76,7 +91,9 @@ def test_sampler(make_cfg, option):
     x, nfe = sampler(
         lambda x, sigma, labels: torch.zeros_like(x), torch.randn(2, 1, 4, 4), schedule
     )
-    assert nfe == 5
+    assert nfe == (
+        2 * 5 - 1 if option == "heun" else 5
+    )  # Heun: two evaluations a step but the last
     assert torch.allclose(x, torch.zeros_like(x))  # a denoiser that always answers 0 leads to 0
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from difftrain.checkpoint import load_trained
+from difftrain.sample import class_labels
 from tests.test_train import run_cli
 
 
@@ -29,6 +30,29 @@ def test_sample_cli_writes_uint8_npz_and_grid(tiny_checkpoint, tmp_path):
     assert int(data["nfe"]) == 3 and int(data["step"]) == 4
     assert Image.open(out.with_suffix(".png")).size == (4 * 18 + 2, 3 * 18 + 2)
     assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()
+
+
+def test_class_labels_and_guidance(tiny_conditional_checkpoint, tmp_path):
+    out = tmp_path / "cond.npz"
+    args = [
+        f"ckpt={tiny_conditional_checkpoint}",
+        "n=5",
+        f"out={out}",
+        "sampler=heun",
+        "sampler.steps=3",
+    ]
+    run_cli("difftrain.sample", *args, "class_labels=[3,7]", "guidance=2.0", cwd=tmp_path)
+    data = np.load(out)
+    assert data["labels"].tolist() == [3, 7, 3, 7, 3] and int(data["nfe"]) == 5
+    assert data["images"].shape == (5, 16, 16, 1)
+
+
+def test_class_labels_on_an_unconditional_checkpoint_fail(tiny_checkpoint):
+    with pytest.raises(ValueError, match="unconditional"):
+        class_labels([3], 4, num_classes=0)
+    with pytest.raises(ValueError, match=r"class_labels must be in \[0, 9\]"):
+        class_labels([12], 4, num_classes=10)
+    assert class_labels(None, 12, num_classes=10).tolist() == [*range(10), 0, 1]
 
 
 def test_checkpoint_restores_the_ema_weights_and_training_sampler(tiny_checkpoint):

@@ -124,6 +124,32 @@ def test_net_that_cannot_downsample_the_images_fails_at_start_up(make_cfg):
         train(make_cfg(*FAST, "net=unet_small", "data.image_size=18", "logger=none"))
 
 
+def test_zero_terminal_snr_with_eps_fails_at_start_up(make_cfg):
+    with pytest.raises(InstantiationException, match="zero_terminal_snr=true with objective=eps"):
+        train(make_cfg(*FAST, "schedule.zero_terminal_snr=true", "logger=none"))
+
+
+@pytest.mark.parametrize("experiment", ["mnist_ddpm", "mnist_edm", "mnist_v_cosine"])
+def test_mnist_experiments_train(make_cfg, tmp_path, experiment):
+    root = write_mnist(tmp_path / "mnist")
+    cfg = make_cfg(
+        *FAST,
+        f"experiment={experiment}",
+        "net=unet_tiny",
+        f"data.dataset.root={root}",
+        "logger=none",
+    )
+    assert train(cfg)["val/loss"] > 0
+
+
+def test_class_conditional_run_with_label_dropout(make_cfg):
+    cfg = make_cfg(
+        *FAST, "net.num_classes=${data.num_classes}", "model.label_dropout=0.2", "logger=none"
+    )
+    train(cfg)
+    assert (outputs(cfg) / "checkpoints" / "last.ckpt").is_file()
+
+
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)

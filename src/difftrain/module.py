@@ -11,9 +11,16 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from difftrain.diffusion import Denoiser, NoiseSchedule, Objective, Sampler
+from difftrain.diffusion import (
+    Denoiser,
+    DenoisingLoss,
+    NoiseSchedule,
+    Objective,
+    Sampler,
+    check_compatible,
+    x0_error,
+)
 from difftrain.diffusion.generate import generate, seeded_generator
-from difftrain.diffusion.loss import denoising_loss
 from difftrain.ema import ema_model
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -21,11 +28,14 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LR
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains `Denoiser(net, objective)` with the denoising loss at noise levels from `schedule`.
+    """Trains `Denoiser(net, objective)` with `loss` (noise levels and weighting injected).
 
     The EMA copy of the denoiser (`self.ema.module`) is what validation and sampling use.
-    Validation draws fixed noise and fixed noise levels per example, so `val/loss` is comparable
-    across epochs and runs; it is also logged per noise-level bucket (edges in `val_sigma_edges`).
+    `val/loss` is the EDM-weighted x0 error (`diffusion.x0_error`) at fixed log-uniform noise
+    levels in `val_sigma_range` and fixed noise per example: comparable across epochs and across
+    runs with other objectives, weightings or schedules. It is also logged per noise-level bucket
+    (edges in `val_sigma_edges`). With a class-conditional net, labels are replaced by the null
+    class with probability `label_dropout`, which classifier-free guidance needs.
     """
 
     def __init__(
@@ -34,33 +44,47 @@ class DiffusionModule(L.LightningModule):
         schedule: NoiseSchedule,
         objective: Objective,
         sampler: Sampler,
+        loss: DenoisingLoss,
         optimizer: OptimizerFactory,
         ema_decay: Callable[[int], float],
         lr_scheduler: SchedulerFactory | None = None,
+        label_dropout: float = 0.0,
+        val_sigma_range: Sequence[float] = (0.002, 80.0),
         val_sigma_edges: Sequence[float] = (0.1, 1.0, 10.0),
         val_seed: int = 0,
     ):
         super().__init__()
+        check_compatible(schedule, objective)
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
         self.denoiser = Denoiser(net, objective)
         self.ema = ema_model(self.denoiser, ema_decay)
-        self.schedule, self.sampler = schedule, sampler
+        self.schedule, self.sampler, self.loss = schedule, sampler, loss
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.val_sigma_edges, self.val_seed = sorted(val_sigma_edges), val_seed
+        self.label_dropout = label_dropout
+        self.val_sigma_range, self.val_seed = tuple(val_sigma_range), val_seed
+        self.val_sigma_edges = sorted(val_sigma_edges)
         self.val_bucket_names = _bucket_names(self.val_sigma_edges)
         self.val_loss = MeanMetric()
         self.val_bucket_loss = nn.ModuleList(MeanMetric() for _ in self.val_bucket_names)
 
     @property
-    def conditional(self) -> bool:
-        return getattr(self.denoiser.net, "num_classes", 0) > 0
+    def num_classes(self) -> int:
+        return getattr(self.denoiser.net, "num_classes", 0)
+
+    def _labels(self, labels: Tensor, train: bool) -> Tensor | None:
+        """Labels for the net: None when unconditional; randomly the null class during training."""
+        if not self.num_classes:
+            return None
+        if train and self.label_dropout:
+            drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
+            labels = labels.masked_fill(drop, self.num_classes)
+        return labels
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x0, labels = batch
-        sigma = self.schedule.sigma(torch.rand(x0.shape[0], device=x0.device))
-        noise = torch.randn_like(x0)
-        loss = denoising_loss(
-            self.denoiser, x0, sigma, noise, labels if self.conditional else None
-        ).mean()
+        losses, _ = self.loss(self.denoiser, self.schedule, x0, self._labels(labels, train=True))
+        loss = losses.mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
@@ -73,9 +97,7 @@ class DiffusionModule(L.LightningModule):
         index = batch_idx * self.trainer.val_dataloaders.batch_size + torch.arange(x0.shape[0])
         sigma, noise = self._fixed_noise(index, x0.shape[1:])
         sigma, noise = sigma.to(x0), noise.to(x0)
-        losses = denoising_loss(
-            self.ema.module, x0, sigma, noise, labels if self.conditional else None
-        )
+        losses = x0_error(self.ema.module, x0, sigma, noise, self._labels(labels, train=False))
         self.val_loss.update(losses)
         bucket = torch.bucketize(sigma, sigma.new_tensor(self.val_sigma_edges), right=True)
         for b, metric in enumerate(self.val_bucket_loss):
@@ -92,19 +114,30 @@ class DiffusionModule(L.LightningModule):
     def _fixed_noise(self, index: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
         """Noise level and noise of validation example i: the same in every epoch and run."""
         golden = (math.sqrt(5) - 1) / 2
-        t = torch.frac(0.5 + index.double() * golden).float()  # low-discrepancy levels in [0, 1)
+        u = torch.frac(0.5 + index.double() * golden)  # low-discrepancy levels in [0, 1)
+        lo, hi = (math.log(s) for s in self.val_sigma_range)
         noise = torch.stack(
             [torch.randn(shape, generator=seeded_generator(self.val_seed, int(i))) for i in index]
         )
-        return self.schedule.sigma(t), noise
+        return torch.exp(lo + u * (hi - lo)).float(), noise
 
     @torch.no_grad()
     def sample(
-        self, n: int, seed: int = 0, class_labels: Tensor | None = None, batch_size: int = 256
+        self,
+        n: int,
+        seed: int = 0,
+        class_labels: Tensor | None = None,
+        guidance: float = 1.0,
+        batch_size: int = 256,
     ) -> tuple[Tensor, int]:
-        """n images (n, C, H, W) from the EMA denoiser in the model's value range, and the NFE."""
+        """n images (n, C, H, W) from the EMA denoiser in the model's value range, and the NFE.
+
+        A class-conditional model without class_labels draws classes 0, 1, 2, ... in turn.
+        """
         net = self.denoiser.net
         shape = (net.in_channels, net.image_size, net.image_size)
+        if self.num_classes and class_labels is None:
+            class_labels = torch.arange(n) % self.num_classes
         return generate(
             self.ema.module,
             self.schedule,
@@ -115,6 +148,8 @@ class DiffusionModule(L.LightningModule):
             batch_size=batch_size,
             device=self.device,
             class_labels=class_labels,
+            guidance=guidance,
+            null_label=self.num_classes,
         )
 
     def configure_optimizers(self) -> dict:

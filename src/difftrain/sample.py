@@ -6,6 +6,7 @@ difftrain-sample ckpt=... sampler=ddim sampler.steps=20 seed=1
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -23,11 +24,11 @@ from difftrain.images import save_grid, save_npz
 
 def sample(cfg: DictConfig) -> Path:
     """Write cfg.n samples as uint8 (N, H, W, C) under `images` in cfg.out, plus a grid PNG beside it."""
-    device = torch.device(
-        cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    cuda = torch.cuda.is_available()
+    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if cuda else "cpu")
     model = load_trained(cfg.ckpt, device)
     sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
+    labels = class_labels(cfg.class_labels, cfg.n, model.denoiser.net.num_classes)
     images, nfe = generate(
         model.denoiser,
         model.schedule,
@@ -37,14 +38,32 @@ def sample(cfg: DictConfig) -> Path:
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         device=device,
+        class_labels=labels,
+        guidance=cfg.guidance,
+        null_label=model.denoiser.net.num_classes,
     )
     uint8 = to_uint8(images, model.config.data.value_range)
-    out = save_npz(
-        uint8, cfg.out, nfe=np.array(nfe), seed=np.array(cfg.seed), step=np.array(model.global_step)
-    )
+    extra = {"nfe": np.array(nfe), "seed": np.array(cfg.seed), "step": np.array(model.global_step)}
+    if labels is not None:
+        extra["labels"] = labels.numpy()
+    out = save_npz(uint8, cfg.out, **extra)
     grid = save_grid(uint8[: cfg.grid_size], Path(cfg.out).with_suffix(".png"))
     print(f"wrote {cfg.n} samples ({sampler.steps} steps, NFE {nfe}) to {out} and a grid to {grid}")
     return out
+
+
+def class_labels(requested: Sequence[int] | None, n: int, num_classes: int) -> torch.Tensor | None:
+    """The labels of n samples: `requested` cycled; for a conditional net by default 0, 1, 2, ..."""
+    if requested is not None and not num_classes:
+        raise ValueError(
+            "class_labels given, but the checkpoint's net is unconditional (num_classes=0)"
+        )
+    if not num_classes:
+        return None
+    labels = torch.tensor(list(requested) if requested is not None else range(num_classes))
+    if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"class_labels must be in [0, {num_classes - 1}], got {labels.tolist()}")
+    return labels.repeat(-(-n // len(labels)))[:n]
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from difftrain.diffusion import CosineSchedule
+from difftrain.diffusion import (
+    CosineSchedule,
+    EDMSchedule,
+    LinearSchedule,
+    ScaledLinearSchedule,
+    SigmoidSchedule,
+)
+from difftrain.diffusion.schedules import karras_sigmas
 
 
 def test_cosine_alpha_bar_matches_nichol_dhariwal_eq17():
@@ -73,3 +80,51 @@ def test_bad_steps_and_spacing_fail_clearly():
         CosineSchedule().sampling_sigmas(2000)
     with pytest.raises(ValueError, match="spacing"):
         CosineSchedule().sampling_sigmas(10, "uniform")
+
+
+def test_linear_and_scaled_linear_betas():
+    torch.testing.assert_close(
+        LinearSchedule().betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    )
+    expected = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    torch.testing.assert_close(ScaledLinearSchedule().betas, expected)
+
+
+def test_sigmoid_schedule_follows_jabri_et_al():
+    start, end, tau = -3.0, 3.0, 1.0
+    v = lambda x: 1 / (1 + math.exp(-x / tau))  # noqa: E731
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
+    expected = (v(end) - torch.sigmoid((t * (end - start) + start) / tau)) / (v(end) - v(start))
+    i = (t * 1000).long() - 1  # alphas_cumprod[i] is alpha_bar((i + 1) / T)
+    torch.testing.assert_close(SigmoidSchedule().alphas_cumprod[i], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_edm_schedule_spans_its_sigma_range_with_rho_spacing():
+    schedule = EDMSchedule(0.002, 80.0, 7.0)
+    sigmas = schedule.sampling_sigmas(18, "linspace")
+    torch.testing.assert_close(sigmas[[0, -2, -1]], torch.tensor([80.0, 0.002, 0.0]))
+    torch.testing.assert_close(sigmas[:-1], karras_sigmas(0.002, 80.0, 18, 7.0).float())
+
+
+def test_karras_spacing_uses_the_schedules_sigma_range():
+    schedule = LinearSchedule()
+    sigmas = schedule.sampling_sigmas(10, "karras", rho=7.0)
+    lo, hi = schedule.sigma(torch.tensor([0.0, 1.0])).tolist()
+    torch.testing.assert_close(sigmas[:-1], karras_sigmas(lo, hi, 10, 7.0).float())
+
+
+def test_resolution_shift_moves_log_snr_by_2_log_ratio():
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    for base, shifted in (
+        (CosineSchedule(), CosineSchedule(base_resolution=32, resolution=128)),
+        (EDMSchedule(), EDMSchedule(base_resolution=32, resolution=128)),
+    ):
+        torch.testing.assert_close(
+            shifted.log_snr(t), base.log_snr(t) + 2 * math.log(32 / 128), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_continuous_schedules_accept_every_spacing():
+    schedule = EDMSchedule()
+    assert schedule.timesteps(4, "leading").tolist() == [0.75, 0.5, 0.25, 0.0]
+    assert schedule.timesteps(4, "trailing").tolist() == [1.0, 0.75, 0.5, 0.25]

@@ -11,14 +11,23 @@ from difftrain.images import save_grid
 
 
 class SampleGrid(L.Callback):
-    """Writes `dirpath/step_XXXXXXX.png` and logs it to W&B as `samples` (rank zero only)."""
+    """Writes `dirpath/step_XXXXXXX.png` and logs it to W&B as `samples` (rank zero only).
+
+    A class-conditional model draws classes 0, 1, 2, ... in turn, guided by `guidance`.
+    """
 
     def __init__(
-        self, dirpath: str, num_samples: int = 64, seed: int = 0, every_n_validations: int = 1
+        self,
+        dirpath: str,
+        num_samples: int = 64,
+        seed: int = 0,
+        guidance: float = 1.0,
+        every_n_validations: int = 1,
     ):
         if num_samples < 1 or every_n_validations < 1:
             raise ValueError("SampleGrid needs num_samples >= 1 and every_n_validations >= 1")
         self.dirpath, self.num_samples, self.seed = Path(dirpath), num_samples, seed
+        self.guidance = guidance
         self.every_n_validations, self.validations = every_n_validations, 0
         self.last_path: Path | None = None
 
@@ -28,7 +37,7 @@ class SampleGrid(L.Callback):
         self.validations += 1
         if self.validations % self.every_n_validations or not trainer.is_global_zero:
             return
-        images, nfe = pl_module.sample(self.num_samples, seed=self.seed)
+        images, nfe = pl_module.sample(self.num_samples, seed=self.seed, guidance=self.guidance)
         uint8 = trainer.datamodule.to_uint8(images)
         self.last_path = save_grid(uint8, self.dirpath / f"step_{trainer.global_step:07d}.png")
         for logger in trainer.loggers:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from difftrain.diffusion.guidance import ClassifierFreeGuidance
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
 
@@ -23,13 +24,26 @@ def generate(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     class_labels: Tensor | None = None,
+    guidance: float = 1.0,
+    null_label: int | None = None,
 ) -> tuple[Tensor, int]:
     """n samples (n, C, H, W) in the model's value range, and the NFE per sample.
+
+    With class_labels (n,) and guidance != 1, classifier-free guidance mixes in the prediction
+    for `null_label`.
 
     Image i starts from its own generator, seeded by (seed, i), so a deterministic sampler gives
     the same images whatever the batch size; a stochastic sampler's fresh noise comes from one
     generator per batch.
     """
+    if class_labels is not None and len(class_labels) != n:
+        raise ValueError(f"got {len(class_labels)} class labels for {n} samples")
+    if class_labels is not None and guidance != 1:
+        if null_label is None:
+            raise ValueError(
+                "classifier-free guidance needs the null label of a class-conditional net"
+            )
+        denoiser = ClassifierFreeGuidance(denoiser, guidance, null_label)
     out, nfe = [], 0
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)

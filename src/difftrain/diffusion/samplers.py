@@ -3,15 +3,15 @@
 All share one signature, in the style of k-diffusion:
     sample_X(denoiser, x, sigmas, *, class_labels=None, generator=None, callback=None, **options)
 where `denoiser(x, sigma, class_labels)` returns an x0-estimate, `x` is the initial noise already
-scaled to sigmas[0], and `sigmas` (steps + 1,) ends with 0. They work in the VE form x = x0 + sigma eps,
-so every sampler runs with every schedule and objective.
+scaled to sigmas[0], and `sigmas` (steps + 1,) ends with 0. They work in the VE form
+x = x0 + sigma eps, so every sampler runs with every schedule and objective.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import Tensor
@@ -20,6 +20,10 @@ from difftrain.diffusion.schedules import NoiseSchedule
 
 DenoiserFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 Callback = Callable[[dict], None]
+
+
+def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -36,7 +40,7 @@ def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tenso
 
 
 @torch.no_grad()
-def sample_ddim(
+def sample_euler_ancestral(
     denoiser: DenoiserFn,
     x: Tensor,
     sigmas: Tensor,
@@ -44,27 +48,141 @@ def sample_ddim(
     class_labels: Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    eta: float = 0.0,
+    eta: float = 1.0,
 ) -> Tensor:
-    """DDIM (Song et al. 2021, Eq. 12): deterministic for eta=0, DDPM's ancestral sampler for eta=1.
+    """Euler steps of the probability-flow ODE to sigma_down, plus fresh noise sigma_up.
 
-    In VE form the deterministic part is an Euler step of the probability-flow ODE to sigma_down.
+    This is DDIM with its eta (Song et al. 2021, Eq. 12) in VE form: eta=0 is deterministic DDIM,
+    eta=1 DDPM's ancestral sampler (Ho et al. 2020, Alg. 2).
     """
     for i in range(len(sigmas) - 1):
         x0 = denoiser(x, sigmas[i], class_labels)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x0 + (x - x0) * (sigma_down / sigmas[i])
         if sigma_up > 0:
-            x = x + sigma_up * torch.randn(
-                x.shape, generator=generator, device=x.device, dtype=x.dtype
-            )
+            x = x + sigma_up * _noise(x, generator)
         if callback is not None:
             callback({"i": i, "x": x, "sigma": sigmas[i], "denoised": x0})
     return x
 
 
-sample_ddpm = partial(sample_ddim, eta=1.0)
-sample_ddpm.__doc__ = "DDPM's ancestral sampler (Ho et al. 2020, Alg. 2): DDIM with eta=1."
+def sample_ddim(
+    denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, **kwargs
+) -> Tensor:
+    """DDIM (Song et al. 2021): deterministic for eta=0."""
+    return sample_euler_ancestral(denoiser, x, sigmas, eta=eta, **kwargs)
+
+
+def sample_ddpm(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, **kwargs) -> Tensor:
+    """DDPM's ancestral sampler (Ho et al. 2020, Alg. 2): DDIM with eta=1."""
+    return sample_euler_ancestral(denoiser, x, sigmas, eta=1.0, **kwargs)
+
+
+def sample_euler(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, **kwargs) -> Tensor:
+    """Euler's method on the probability-flow ODE dx/dsigma = (x - D(x)) / sigma (Karras et al. 2022, Eq. 4)."""
+    return sample_euler_ancestral(denoiser, x, sigmas, eta=0.0, **kwargs)
+
+
+@torch.no_grad()
+def sample_heun(
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    class_labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Heun's 2nd-order method with optional churn (Karras et al. 2022, Algorithm 2); NFE 2 steps - 1."""
+    steps = len(sigmas) - 1
+    for i in range(steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
+        sigma_hat = sigma * (1 + gamma)
+        if gamma > 0:  # increase the noise level temporarily
+            x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * _noise(x, generator)
+        x0 = denoiser(x, sigma_hat, class_labels)
+        d = (x - x0) / sigma_hat
+        x_next = x + (sigma_next - sigma_hat) * d
+        if sigma_next > 0:  # second-order correction
+            d_next = (x_next - denoiser(x_next, sigma_next, class_labels)) / sigma_next
+            x_next = x + (sigma_next - sigma_hat) * (d + d_next) / 2
+        x = x_next
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": sigma, "denoised": x0})
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    class_labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), multistep in lambda = -log(sigma); NFE = steps."""
+    old_x0, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = denoiser(x, sigma, class_labels)
+        if sigma_next == 0:
+            x = x0
+        else:
+            h = sigma.log() - sigma_next.log()
+            d = x0 if old_x0 is None else x0 + (x0 - old_x0) * (h / (2 * h_last))
+            x = (sigma_next / sigma) * x - torch.expm1(-h) * d
+            h_last = h
+        old_x0 = x0
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": sigma, "denoised": x0})
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    class_labels: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """SDE-DPM-Solver++(2M), midpoint variant (Lu et al. 2022, App. B; as in k-diffusion); NFE = steps."""
+    old_x0, h_last = None, None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0 = denoiser(x, sigma, class_labels)
+        if sigma_next == 0:
+            x = x0
+        else:
+            h = sigma.log() - sigma_next.log()
+            eta_h = eta * h
+            x = (sigma_next / sigma) * torch.exp(-eta_h) * x - torch.expm1(-h - eta_h) * x0
+            if old_x0 is not None:
+                x = x - 0.5 * torch.expm1(-h - eta_h) * (h / h_last) * (x0 - old_x0)
+            if eta > 0:
+                x = (
+                    x
+                    + _noise(x, generator)
+                    * sigma_next
+                    * (-torch.expm1(-2 * eta_h)).sqrt()
+                    * s_noise
+                )
+            h_last = h
+        old_x0 = x0
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": sigma, "denoised": x0})
+    return x
 
 
 class _CountingDenoiser:
@@ -80,14 +198,19 @@ class _CountingDenoiser:
 
 @dataclass(frozen=True)
 class Sampler:
-    """A solver with its step count and timestep spacing: what `conf/sampler/*.yaml` builds."""
+    """A solver with its step count and noise-level spacing: what `conf/sampler/*.yaml` builds.
+
+    spacing: leading, trailing or linspace over a discrete schedule's training steps (as diffusers),
+    linspace over t for a continuous one, or karras (rho-spaced sigmas, Karras et al. 2022, Eq. 5).
+    """
 
     solver: Callable[..., Tensor]
     steps: int = 50
     spacing: str = "leading"
+    rho: float = 7.0
 
     def sigmas(self, schedule: NoiseSchedule) -> Tensor:
-        return schedule.sampling_sigmas(self.steps, self.spacing)
+        return schedule.sampling_sigmas(self.steps, self.spacing, self.rho)
 
     def __call__(
         self,

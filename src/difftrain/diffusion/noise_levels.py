@@ -1,0 +1,105 @@
+"""Where training puts its noise levels: samplers of sigma for a batch, with importance weights.
+
+Each is called as `noise_levels(n, schedule, device)` and returns (sigma (n,), weight (n,)); the
+weight is 1 except for importance sampling, where it keeps the loss estimate unbiased.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from difftrain.diffusion.schedules import NoiseSchedule
+
+
+class NoiseLevels(nn.Module):
+    """Base class. Stateful samplers keep their state in buffers, so checkpoints carry it."""
+
+    def forward(
+        self, n: int, schedule: NoiseSchedule, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def update(self, losses: Tensor) -> None:
+        """Learn from the per-example losses of the levels drawn last (only importance sampling does)."""
+
+
+class UniformT(NoiseLevels):
+    """t ~ U(0, 1), sigma = schedule.sigma(t) (Ho et al. 2020)."""
+
+    def forward(
+        self, n: int, schedule: NoiseSchedule, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        t = torch.rand(n, device=device)
+        return schedule.sigma(t), torch.ones(n, device=device)
+
+
+class LogNormal(NoiseLevels):
+    """ln(sigma) ~ N(p_mean, p_std^2), whatever the schedule (Karras et al. 2022, Sec. 5)."""
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
+        super().__init__()
+        self.p_mean, self.p_std = p_mean, p_std
+
+    def forward(
+        self, n: int, schedule: NoiseSchedule, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        sigma = torch.exp(self.p_mean + self.p_std * torch.randn(n, device=device))
+        return sigma, torch.ones(n, device=device)
+
+
+class LogitNormal(NoiseLevels):
+    """logit(t) ~ N(mean, std^2), sigma = schedule.sigma(t) (Esser et al. 2024, Sec. 3.1)."""
+
+    def __init__(self, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(
+        self, n: int, schedule: NoiseSchedule, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        t = torch.sigmoid(self.mean + self.std * torch.randn(n, device=device))
+        return schedule.sigma(t), torch.ones(n, device=device)
+
+
+class LossSecondMoment(NoiseLevels):
+    """Importance sampling of t by sqrt(E[loss^2]) per bin (Nichol & Dhariwal 2021, Sec. 3.3).
+
+    t is drawn uniformly until every one of `num_bins` bins holds `history` losses; then bin b is
+    drawn with p_b proportional to sqrt(mean of its squared losses), mixed with `uniform_prob` of
+    the uniform distribution, and its losses are weighted by 1 / (num_bins p_b).
+    """
+
+    def __init__(self, num_bins: int = 100, history: int = 10, uniform_prob: float = 0.001):
+        super().__init__()
+        self.num_bins, self.uniform_prob = num_bins, uniform_prob
+        self.register_buffer("losses", torch.zeros(num_bins, history))
+        self.register_buffer("counts", torch.zeros(num_bins, dtype=torch.long))
+        self._last_bins: Tensor | None = None
+
+    def probabilities(self) -> Tensor:
+        """p_b, shape (num_bins,)."""
+        if (self.counts < self.losses.shape[1]).any():
+            return torch.full((self.num_bins,), 1 / self.num_bins, device=self.losses.device)
+        p = self.losses.square().mean(1).sqrt()
+        p = p / p.sum()
+        return p * (1 - self.uniform_prob) + self.uniform_prob / self.num_bins
+
+    def forward(
+        self, n: int, schedule: NoiseSchedule, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        p = self.probabilities().to(device)
+        bins = torch.multinomial(p, n, replacement=True)
+        t = (bins + torch.rand(n, device=device)) / self.num_bins
+        self._last_bins = bins
+        return schedule.sigma(t), 1 / (self.num_bins * p[bins])
+
+    @torch.no_grad()
+    def update(self, losses: Tensor) -> None:
+        if self._last_bins is None:
+            return
+        for b, loss in zip(self._last_bins.tolist(), losses.detach().float().tolist(), strict=True):
+            self.losses[b] = torch.roll(self.losses[b], -1)
+            self.losses[b, -1] = loss
+            self.counts[b] += 1
+        self._last_bins = None
