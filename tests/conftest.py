@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,12 @@ FAST = [
     "data.batch_size=8",
     "data.val_batch_size=8",
     "~callbacks.progress_bar",
+    "callbacks.evaluate.num_samples=40",
+    "evaluator.classifier_images=2000",
+    "evaluator.max_reference=200",
+    "evaluator.kid_subset_size=40",
 ]
+CACHE = Path(tempfile.mkdtemp(prefix="difftrain-test-cache-"))  # classifiers and reference features
 
 
 def compose_cfg(tmp_path: Path, *overrides: str, config_name: str = "train") -> DictConfig:
@@ -35,6 +41,7 @@ def compose_cfg(tmp_path: Path, *overrides: str, config_name: str = "train") -> 
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.paths.data_dir = str(tmp_path / "data")
+            cfg.paths.cache_dir = str(CACHE)
     return cfg
 
 

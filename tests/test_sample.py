@@ -32,6 +32,21 @@ def test_sample_cli_writes_uint8_npz_and_grid(tiny_checkpoint, tmp_path):
     assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()
 
 
+def test_png_export(tiny_checkpoint, tmp_path):
+    out = tmp_path / "pngs"
+    run_cli(
+        "difftrain.sample",
+        f"ckpt={tiny_checkpoint}",
+        "n=3",
+        f"out={out}",
+        "format=png",
+        cwd=tmp_path,
+    )
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["000000.png", "000001.png", "000002.png"]
+    assert np.asarray(Image.open(files[0])).shape == (16, 16)
+
+
 def test_class_labels_and_guidance(tiny_conditional_checkpoint, tmp_path):
     out = tmp_path / "cond.npz"
     args = [

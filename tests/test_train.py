@@ -34,6 +34,9 @@ def test_digits_run_writes_checkpoint_grid_and_wandb_run(make_cfg):
     grids = sorted((run / "samples").glob("step_*.png"))
     assert grids and Image.open(grids[-1]).size == (8 * 18 + 2, 8 * 18 + 2)  # 64 samples of 16 px
     assert {"train/loss", "val/loss", "val/loss_sigma_lt0.1", "val/loss_sigma_ge10"} <= set(metrics)
+    assert {"eval/fid", "eval/kid", "eval/precision", "eval/recall", "eval/class_entropy"} <= set(
+        metrics
+    )
 
     # The W&B offline run holds the resolved config and the logged metrics: read it back.
     (wandb_dir,) = (run / "wandb").glob("offline-run-*")

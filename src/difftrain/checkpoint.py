@@ -9,8 +9,11 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
+from difftrain.data import to_uint8
 from difftrain.diffusion import Denoiser, NoiseSchedule, Sampler
+from difftrain.diffusion.generate import generate
 
 EMA_PREFIX = "ema.module."
 
@@ -29,6 +32,32 @@ class TrainedModel:
     def shape(self) -> tuple[int, int, int]:
         net = self.denoiser.net
         return (net.in_channels, net.image_size, net.image_size)
+
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        *,
+        seed: int = 0,
+        batch_size: int = 256,
+        class_labels: Tensor | None = None,
+        guidance: float = 1.0,
+    ) -> tuple[Tensor, int]:
+        """n images as uint8 (n, H, W, C) from the EMA weights (default: the run's sampler), and the NFE."""
+        images, nfe = generate(
+            self.denoiser,
+            self.schedule,
+            sampler or self.sampler,
+            self.shape,
+            n,
+            seed=seed,
+            batch_size=batch_size,
+            device=next(self.denoiser.parameters()).device,
+            class_labels=class_labels,
+            guidance=guidance,
+            null_label=self.denoiser.net.num_classes,
+        )
+        return to_uint8(images, self.config.data.value_range), nfe
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

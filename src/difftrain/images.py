@@ -33,3 +33,14 @@ def save_npz(images: Tensor, path: str | Path, **extra: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, images=images.numpy(), **extra)
     return path
+
+
+def save_pngs(images: Tensor, folder: str | Path) -> Path:
+    """Save uint8 images (B, H, W, C) as folder/000000.png, 000001.png, ..."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images.numpy()):
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+            folder / f"{i:06d}.png"
+        )
+    return folder

@@ -17,3 +17,8 @@ def apply_runtime(seed: int | None, num_threads: int | None, float32_matmul_prec
     if num_threads:
         torch.set_num_threads(num_threads)
     torch.set_float32_matmul_precision(float32_matmul_precision)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when available, else CPU; anything else is passed to torch.device."""
+    return torch.device(name if name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")

@@ -17,36 +17,36 @@ from omegaconf import DictConfig
 
 from difftrain.checkpoint import load_trained
 from difftrain.config import CONFIG_DIR
-from difftrain.data import to_uint8
-from difftrain.diffusion.generate import generate
-from difftrain.images import save_grid, save_npz
+from difftrain.images import save_grid, save_npz, save_pngs
+from difftrain.runtime import resolve_device
 
 
 def sample(cfg: DictConfig) -> Path:
-    """Write cfg.n samples as uint8 (N, H, W, C) under `images` in cfg.out, plus a grid PNG beside it."""
-    cuda = torch.cuda.is_available()
-    device = torch.device(cfg.device if cfg.device != "auto" else "cuda" if cuda else "cpu")
-    model = load_trained(cfg.ckpt, device)
+    """Write cfg.n samples to cfg.out, plus a grid PNG beside it.
+
+    format=npz: uint8 (N, H, W, C) under `images` (and nfe, seed, step, labels); format=png: a
+    folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
+    """
+    model = load_trained(cfg.ckpt, resolve_device(cfg.device))
     sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
     labels = class_labels(cfg.class_labels, cfg.n, model.denoiser.net.num_classes)
-    images, nfe = generate(
-        model.denoiser,
-        model.schedule,
-        sampler,
-        model.shape,
+    uint8, nfe = model.sample(
         cfg.n,
+        sampler,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
-        device=device,
         class_labels=labels,
         guidance=cfg.guidance,
-        null_label=model.denoiser.net.num_classes,
     )
-    uint8 = to_uint8(images, model.config.data.value_range)
     extra = {"nfe": np.array(nfe), "seed": np.array(cfg.seed), "step": np.array(model.global_step)}
     if labels is not None:
         extra["labels"] = labels.numpy()
-    out = save_npz(uint8, cfg.out, **extra)
+    if cfg.format == "npz":
+        out = save_npz(uint8, cfg.out, **extra)
+    elif cfg.format == "png":
+        out = save_pngs(uint8, cfg.out)
+    else:
+        raise ValueError(f"format must be npz or png, got {cfg.format!r}")
     grid = save_grid(uint8[: cfg.grid_size], Path(cfg.out).with_suffix(".png"))
     print(f"wrote {cfg.n} samples ({sampler.steps} steps, NFE {nfe}) to {out} and a grid to {grid}")
     return out

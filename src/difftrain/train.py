@@ -17,7 +17,7 @@ import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from difftrain.callbacks import SampleGrid, Throughput
+from difftrain.callbacks import Evaluate, SampleGrid, Throughput
 from difftrain.config import CONFIG_DIR
 from difftrain.runtime import apply_runtime
 
@@ -66,6 +66,12 @@ def _report(
             lines[0] += f" ({cb.images_per_sec:.0f} training images/s)"
         if isinstance(cb, SampleGrid) and cb.last_path:
             lines.append(f"sample grid:  {cb.last_path}")
+        if isinstance(cb, Evaluate) and cb.last:
+            scores = ", ".join(f"{k} {v:.4g}" for k, v in cb.last.items() if isinstance(v, float))
+            share = cb.seconds / (minutes * 60)
+            lines.append(
+                f"evaluation:   {scores} ({cb.evaluator.feature} features, {share:.0%} of the time)"
+            )
     if trainer.checkpoint_callback is not None:
         ckpt = trainer.checkpoint_callback
         lines.append(f"checkpoint:   {ckpt.last_model_path or ckpt.best_model_path}")

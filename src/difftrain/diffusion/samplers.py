@@ -118,34 +118,6 @@ def sample_heun(
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(
-    denoiser: DenoiserFn,
-    x: Tensor,
-    sigmas: Tensor,
-    *,
-    class_labels: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), multistep in lambda = -log(sigma); NFE = steps."""
-    old_x0, h_last = None, None
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoiser(x, sigma, class_labels)
-        if sigma_next == 0:
-            x = x0
-        else:
-            h = sigma.log() - sigma_next.log()
-            d = x0 if old_x0 is None else x0 + (x0 - old_x0) * (h / (2 * h_last))
-            x = (sigma_next / sigma) * x - torch.expm1(-h) * d
-            h_last = h
-        old_x0 = x0
-        if callback is not None:
-            callback({"i": i, "x": x, "sigma": sigma, "denoised": x0})
-    return x
-
-
-@torch.no_grad()
 def sample_dpmpp_2m_sde(
     denoiser: DenoiserFn,
     x: Tensor,
@@ -157,7 +129,10 @@ def sample_dpmpp_2m_sde(
     eta: float = 1.0,
     s_noise: float = 1.0,
 ) -> Tensor:
-    """SDE-DPM-Solver++(2M), midpoint variant (Lu et al. 2022, App. B; as in k-diffusion); NFE = steps."""
+    """SDE-DPM-Solver++(2M), midpoint variant (Lu et al. 2022, App. B; as in k-diffusion); NFE = steps.
+
+    eta scales the fresh noise; eta=0 is the deterministic DPM-Solver++(2M).
+    """
     old_x0, h_last = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -183,6 +158,11 @@ def sample_dpmpp_2m_sde(
         if callback is not None:
             callback({"i": i, "x": x, "sigma": sigma, "denoised": x0})
     return x
+
+
+def sample_dpmpp_2m(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, **kwargs) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), multistep in lambda = -log(sigma); NFE = steps."""
+    return sample_dpmpp_2m_sde(denoiser, x, sigmas, eta=0.0, **kwargs)
 
 
 class _CountingDenoiser:

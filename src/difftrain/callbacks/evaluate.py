@@ -1,0 +1,91 @@
+"""`Evaluate`: FID/KID (and class coverage) of EMA samples during training."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from difftrain.diffusion import Sampler
+from difftrain.diffusion.generate import generate
+from difftrain.evaluation import Evaluator
+from difftrain.evaluation.features import FeatureSet, extract_features
+
+
+class Evaluate(L.Callback):
+    """After every `every_n_validations`-th validation, scores `num_samples` EMA samples.
+
+    Logs eval/fid, eval/kid, eval/precision, eval/recall and, with the classifier, eval/class_entropy
+    and eval/classes_under_threshold. Under DDP each rank draws its share (its own seeds) and
+    extracts its features; rank zero gathers and scores them (num_samples // world_size per rank).
+    `seconds` is the time spent here, including the one-off setup of the evaluator.
+    """
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        sampler: Sampler,
+        num_samples: int = 1000,
+        seed: int = 0,
+        guidance: float = 1.0,
+        every_n_validations: int = 1,
+    ):
+        self.evaluator, self.sampler, self.num_samples = evaluator, sampler, num_samples
+        self.seed, self.guidance, self.every_n_validations = seed, guidance, every_n_validations
+        self.validations, self.seconds = 0, 0.0
+        self.last: dict[str, object] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        start = time.perf_counter()
+        if trainer.is_global_zero:  # trains the classifier and caches reference features once
+            self.evaluator.setup(pl_module.device)
+        trainer.strategy.barrier()
+        self.evaluator.setup(pl_module.device)  # the other ranks read the cache
+        self.seconds += time.perf_counter() - start
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        if self.validations % self.every_n_validations:
+            return
+        start = time.perf_counter()
+        features = self._features(trainer, pl_module)
+        if trainer.is_global_zero:
+            self.last = self.evaluator.score(features, seed=self.seed)
+            for key, value in self.last.items():
+                if isinstance(value, float):
+                    pl_module.log(f"eval/{key}", value, rank_zero_only=True)
+            if "classes_under_threshold" in self.last:
+                missing = float(len(self.last["classes_under_threshold"]))
+                pl_module.log("eval/classes_under_threshold", missing, rank_zero_only=True)
+        self.seconds += time.perf_counter() - start
+
+    def _features(self, trainer: L.Trainer, pl_module: L.LightningModule) -> FeatureSet:
+        """This rank's share of samples -> features, gathered from every rank."""
+        rank, world = trainer.global_rank, trainer.world_size
+        per_rank = self.num_samples // world  # equal shares, so that features can be gathered
+        share = range(rank * per_rank, (rank + 1) * per_rank)
+        net = pl_module.denoiser.net
+        labels = torch.tensor(share) % net.num_classes if net.num_classes else None
+        images, _ = generate(
+            pl_module.ema.module,
+            pl_module.schedule,
+            self.sampler,
+            (net.in_channels, net.image_size, net.image_size),
+            len(share),
+            seed=self.seed * 7919 + rank,
+            device=pl_module.device,
+            class_labels=labels,
+            guidance=self.guidance,
+            null_label=net.num_classes,
+        )
+        uint8 = trainer.datamodule.to_uint8(images).permute(0, 3, 1, 2)
+        local = extract_features(self.evaluator.extractor, uint8, self.evaluator.batch_size)
+        if world == 1:
+            return local
+        gathered = [
+            pl_module.all_gather(t.to(pl_module.device)) for t in (local.features, local.logits)
+        ]
+        return FeatureSet(*(g.flatten(0, 1).cpu() for g in gathered))

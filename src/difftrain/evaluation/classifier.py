@@ -1,0 +1,176 @@
+"""A small CNN classifier trained on the dataset itself, as an offline feature extractor.
+
+Registered with torch-fidelity as `difftrain-classifier`, so torch-fidelity's metric code runs
+on its 128-d penultimate features ("features") and its class logits ("logits").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+log = logging.getLogger(__name__)
+CLASSIFIER = "difftrain-classifier"
+
+
+class Classifier(nn.Module):
+    """conv-conv-pool twice, conv, global average pool -> 128-d features -> class logits."""
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+        self.config = {"channels": channels, "num_classes": num_classes, "width": width}
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        w = width
+        self.body = nn.Sequential(
+            *block(channels, w), *block(w, w), nn.MaxPool2d(2),
+            *block(w, 2 * w), *block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *block(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(4 * w, num_classes))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """uint8 images (B, C, H, W) -> (features (B, 4 width), logits (B, num_classes))."""
+        features = self.body(images.float() / 127.5 - 1)
+        return features, self.head(features)
+
+
+class ClassifierFeatures(FeatureExtractorBase):
+    """torch-fidelity's view of a trained `Classifier` (weights from `feature_extractor_weights_path`)."""
+
+    def __init__(
+        self, name: str, features_list: list[str], feature_extractor_weights_path: str, **kwargs
+    ):
+        super().__init__(name, features_list)
+        state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+        self.classifier = Classifier(**state["config"])
+        self.classifier.load_state_dict(state["state_dict"])
+        self.classifier.eval()
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, str]:
+        return ("features", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return "logits" if metric == "isc" else "features"
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        features, logits = self.classifier(images)
+        out = {"features": features, "logits": logits}
+        return tuple(out[name] for name in self.features_list)
+
+
+if CLASSIFIER not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(CLASSIFIER, ClassifierFeatures)
+
+
+class _AsUint8(Dataset):
+    """(image in [0, 1], label) -> (uint8 image, label)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        x, y = self.dataset[i]
+        return (x * 255).round().to(torch.uint8), y
+
+
+def accuracy(model: Classifier, dataset: Dataset, batch_size: int = 512) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in DataLoader(_AsUint8(dataset), batch_size=batch_size):
+            correct += (model(x)[1].argmax(1) == y).sum().item()
+    return correct / len(dataset)
+
+
+def train_classifier(
+    train: Dataset,
+    test: Dataset,
+    channels: int,
+    num_classes: int,
+    epochs: int,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+) -> tuple[Classifier, float]:
+    """Train on `train` with random translations of up to 2 pixels; returns the model and its test accuracy."""
+    torch.manual_seed(seed)
+    model = Classifier(channels, num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    batch_size = min(batch_size, len(train))
+    loader = DataLoader(_AsUint8(train), batch_size=batch_size, shuffle=True, drop_last=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * len(loader))
+    for _ in range(epochs):
+        model.train()
+        for x, y in loader:
+            shift = torch.randint(-2, 3, (2,)).tolist()  # one random translation per batch
+            x = torch.roll(x, shifts=shift, dims=(2, 3))
+            loss = F.cross_entropy(model(x)[1], y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    return model.eval(), accuracy(model, test)
+
+
+def load_or_train_classifier(
+    key: str,
+    cache_dir: str | Path,
+    datasets: Callable[[str], Dataset],
+    channels: int,
+    num_classes: int,
+    epochs: int,
+) -> tuple[Path, float]:
+    """The cached classifier for `key` (trained on first use); its weights file and test accuracy."""
+    if num_classes < 2:
+        raise ValueError(
+            "feature=classifier needs a labelled dataset (data.num_classes >= 2); use feature=inception"
+        )
+    path = Path(cache_dir) / "classifiers" / f"{key}.pt"
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        log.info(
+            "using the cached classifier %s (test accuracy %.4f)", path, state["test_accuracy"]
+        )
+        return path, state["test_accuracy"]
+    start = time.perf_counter()
+    model, acc = train_classifier(datasets("train"), datasets("val"), channels, num_classes, epochs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"config": model.config, "state_dict": model.state_dict(), "test_accuracy": acc}
+    torch.save(state, path)
+    path.with_suffix(".json").write_text(
+        json.dumps({"key": key, "test_accuracy": acc, "epochs": epochs})
+    )
+    log.info(
+        "trained the %s classifier in %.0f s: test accuracy %.4f (%s)",
+        key,
+        time.perf_counter() - start,
+        acc,
+        path,
+    )
+    return path, acc
