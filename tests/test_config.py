@@ -14,7 +14,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from difftrain.config import CONFIG_DIR
-from difftrain.data import ImageDataModule
 from difftrain.diffusion import Denoiser, NoiseSchedule, Objective, Sampler
 from difftrain.module import DiffusionModule
 
@@ -44,14 +43,14 @@ def test_groups_mirror_the_issue_list():
 @pytest.mark.parametrize("option", options("data"))
 def test_data(make_cfg, option):
     cfg = make_cfg(f"data={option}")
-    assert isinstance(instantiate(cfg.data), ImageDataModule)
+    assert isinstance(instantiate(cfg.data), L.LightningDataModule)
 
 
 @pytest.mark.parametrize("option", options("net"))
 def test_net(make_cfg, option):
     cfg = make_cfg(f"net={option}", "data.image_size=32")
     net = instantiate(cfg.net)
-    x = torch.randn(2, cfg.data.channels, 32, 32)
+    x = torch.randn(2, *net.sample_shape)
     with torch.no_grad():
         assert net(x, torch.zeros(2)).shape == x.shape
 
@@ -143,7 +142,7 @@ def test_logger(make_cfg, option):
 
 
 def test_paths_and_hydra(make_cfg):
-    assert set(make_cfg().paths) == {"root_dir", "data_dir", "log_dir", "output_dir"}
+    assert set(make_cfg().paths) == {"root_dir", "data_dir", "log_dir", "cache_dir", "output_dir"}
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         hydra_cfg = compose("train", return_hydra_config=True).hydra
     raw = OmegaConf.to_container(hydra_cfg, resolve=False)
@@ -152,10 +151,24 @@ def test_paths_and_hydra(make_cfg):
     assert raw["job"]["chdir"] is False
 
 
+@pytest.mark.parametrize("option", options("evaluator"))
+def test_evaluator(make_cfg, option):
+    overrides = ["experiment=toy2d"] if option == "toy" else []
+    evaluator = instantiate(make_cfg(f"evaluator={option}", *overrides).evaluator)
+    assert hasattr(evaluator, "setup") and hasattr(evaluator, "score")
+
+
+@pytest.mark.parametrize("option", options("augment"))
+def test_augment(make_cfg, option):
+    model = instantiate(make_cfg(f"augment={option}").model)
+    images, labels = model.augment(torch.randn(3, 1, 16, 16))
+    assert images.shape == (3, 1, 16, 16) and labels.shape == (3, model.denoiser.net.augment_dim)
+
+
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiment(make_cfg, option):
     cfg = make_cfg(f"experiment={option}")
-    assert isinstance(instantiate(cfg.data), ImageDataModule)
+    assert isinstance(instantiate(cfg.data), L.LightningDataModule)
     model = instantiate(cfg.model)
     assert isinstance(model, DiffusionModule) and isinstance(model.denoiser, Denoiser)
 

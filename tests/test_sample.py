@@ -85,3 +85,25 @@ def test_missing_or_foreign_checkpoint_fails_clearly(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ValueError, match="not a difftrain checkpoint"):
         load_trained(tmp_path / "other.ckpt")
+
+
+def test_ensemble_averages_denoisers_and_rejects_other_architectures(
+    tiny_checkpoint, tiny_conditional_checkpoint, tmp_path
+):
+    from difftrain.checkpoint import load_models
+
+    single = load_models(tiny_checkpoint)
+    pair = load_models([tiny_checkpoint, tiny_checkpoint])
+    x, sigma = torch.randn(2, 1, 16, 16), torch.tensor(1.0)
+    torch.testing.assert_close(pair.denoiser(x, sigma), single.denoiser(x, sigma))
+    with pytest.raises(ValueError, match=r"cannot ensemble .* their net differ"):
+        load_models([tiny_checkpoint, tiny_conditional_checkpoint])
+    out = tmp_path / "ens.npz"
+    run_cli(
+        "difftrain.sample",
+        f"ckpt=[{tiny_checkpoint},{tiny_checkpoint}]",
+        "n=2",
+        f"out={out}",
+        cwd=tmp_path,
+    )
+    assert np.load(out)["images"].shape == (2, 16, 16, 1)

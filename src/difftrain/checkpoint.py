@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from difftrain.data import to_uint8
-from difftrain.diffusion import Denoiser, NoiseSchedule, Sampler
+from difftrain.diffusion import Denoiser, Ensemble, NoiseSchedule, Sampler
 from difftrain.diffusion.generate import generate
 
 EMA_PREFIX = "ema.module."
@@ -23,15 +24,14 @@ class TrainedModel:
     """What sampling needs from a run: the EMA denoiser and the config it was trained with."""
 
     config: DictConfig
-    denoiser: Denoiser
+    denoiser: Denoiser | Ensemble
     schedule: NoiseSchedule
     sampler: Sampler
     global_step: int
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        net = self.denoiser.net
-        return (net.in_channels, net.image_size, net.image_size)
+    def shape(self) -> tuple[int, ...]:
+        return self.denoiser.net.sample_shape
 
     def sample(
         self,
@@ -89,3 +89,26 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     return TrainedModel(
         cfg, denoiser, instantiate(cfg.schedule), instantiate(cfg.sampler), ckpt["global_step"]
     )
+
+
+def load_models(
+    paths: str | Path | Sequence[str | Path], device: str | torch.device = "cpu"
+) -> TrainedModel:
+    """One checkpoint, or several whose denoisers are averaged (an ensemble of the same architecture).
+
+    The ensemble samples with the first checkpoint's schedule and sampler.
+    """
+    if isinstance(paths, str | Path):
+        return load_trained(paths, device)
+    models = [load_trained(p, device) for p in paths]
+    first = models[0]
+    for path, model in zip(paths[1:], models[1:], strict=True):
+        for key in ("net", "data.value_range"):
+            a, b = OmegaConf.select(first.config, key), OmegaConf.select(model.config, key)
+            if a != b:
+                raise ValueError(
+                    f"cannot ensemble {paths[0]} and {path}: their {key} differ ({a} vs {b}); "
+                    "ensembles need the same architecture and data range"
+                )
+    ensemble = Ensemble([m.denoiser for m in models])
+    return TrainedModel(first.config, ensemble, first.schedule, first.sampler, first.global_step)

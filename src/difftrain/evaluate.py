@@ -3,6 +3,7 @@
     difftrain-eval ckpt=logs/mnist_edm/runs/<run>/checkpoints/last.ckpt n=10000
     difftrain-eval ckpt=... sampler=dpmpp_2m sampler.steps=10 evaluator=inception
     difftrain-eval samples=other_model.npz data=mnist data.dataset.root=../shared/data
+    difftrain-eval ckpt=[run1/checkpoints/last.ckpt,run2/checkpoints/last.ckpt]   # an ensemble
 
 Writes eval.json next to the checkpoint (or the sample file) and prints it.
 """
@@ -20,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from difftrain.checkpoint import TrainedModel, load_trained
+from difftrain.checkpoint import TrainedModel, load_models
 from difftrain.config import CONFIG_DIR
 from difftrain.runtime import resolve_device
 from difftrain.sample import class_labels
@@ -43,7 +44,9 @@ def _generate(cfg: DictConfig, model: TrainedModel) -> tuple[torch.Tensor, dict]
     )
     seconds = time.perf_counter() - start
     info = {
-        "checkpoint": str(cfg.ckpt),
+        "checkpoint": OmegaConf.to_container(cfg.ckpt)
+        if OmegaConf.is_list(cfg.ckpt)
+        else str(cfg.ckpt),
         "checkpoint_step": model.global_step,
         "sampler": OmegaConf.to_container(cfg.get("sampler") or model.config.sampler),
         "nfe": nfe,
@@ -74,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     device = resolve_device(cfg.device)
     if cfg.ckpt is not None:
-        model = load_trained(cfg.ckpt, device)
+        model = load_models(cfg.ckpt, device)
         images, info = _generate(cfg, model)
         if cfg.get("data") is None:  # the reference data is the checkpoint's training data
             with open_dict(cfg):
@@ -93,7 +96,8 @@ def evaluate(cfg: DictConfig) -> dict:
     info["feature_images_per_sec"] = len(images) / (time.perf_counter() - start)
     report = {"metrics": results, "n": len(images), "seed": cfg.seed, **info, **evaluator.info}
 
-    out = Path(cfg.out) if cfg.out else Path(cfg.ckpt or cfg.samples).parent / "eval.json"
+    first = cfg.ckpt[0] if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt or cfg.samples
+    out = Path(cfg.out) if cfg.out else Path(first).parent / "eval.json"
     out.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str))
     print(f"wrote {out}")

@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from difftrain.checkpoint import load_trained
+from difftrain.checkpoint import load_models
 from difftrain.config import CONFIG_DIR
 from difftrain.images import save_grid, save_npz, save_pngs
 from difftrain.runtime import resolve_device
@@ -27,7 +27,7 @@ def sample(cfg: DictConfig) -> Path:
     format=npz: uint8 (N, H, W, C) under `images` (and nfe, seed, step, labels); format=png: a
     folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
     """
-    model = load_trained(cfg.ckpt, resolve_device(cfg.device))
+    model = load_models(cfg.ckpt, resolve_device(cfg.device))
     sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
     labels = class_labels(cfg.class_labels, cfg.n, model.denoiser.net.num_classes)
     uint8, nfe = model.sample(

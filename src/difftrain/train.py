@@ -70,7 +70,7 @@ def _report(
             scores = ", ".join(f"{k} {v:.4g}" for k, v in cb.last.items() if isinstance(v, float))
             share = cb.seconds / (minutes * 60)
             lines.append(
-                f"evaluation:   {scores} ({cb.evaluator.feature} features, {share:.0%} of the time)"
+                f"evaluation:   {scores} ({cb.evaluator.info.get('feature')} features, {share:.0%} of the time)"
             )
     if trainer.checkpoint_callback is not None:
         ckpt = trainer.checkpoint_callback

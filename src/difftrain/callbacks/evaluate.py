@@ -9,8 +9,8 @@ import torch
 
 from difftrain.diffusion import Sampler
 from difftrain.diffusion.generate import generate
-from difftrain.evaluation import Evaluator
-from difftrain.evaluation.features import FeatureSet, extract_features
+from difftrain.evaluation import Evaluator, ToyEvaluator
+from difftrain.evaluation.features import FeatureSet
 
 
 class Evaluate(L.Callback):
@@ -24,7 +24,7 @@ class Evaluate(L.Callback):
 
     def __init__(
         self,
-        evaluator: Evaluator,
+        evaluator: Evaluator | ToyEvaluator,
         sampler: Sampler,
         num_samples: int = 1000,
         seed: int = 0,
@@ -73,7 +73,7 @@ class Evaluate(L.Callback):
             pl_module.ema.module,
             pl_module.schedule,
             self.sampler,
-            (net.in_channels, net.image_size, net.image_size),
+            net.sample_shape,
             len(share),
             seed=self.seed * 7919 + rank,
             device=pl_module.device,
@@ -81,8 +81,7 @@ class Evaluate(L.Callback):
             guidance=self.guidance,
             null_label=net.num_classes,
         )
-        uint8 = trainer.datamodule.to_uint8(images).permute(0, 3, 1, 2)
-        local = extract_features(self.evaluator.extractor, uint8, self.evaluator.batch_size)
+        local = self.evaluator.features(images, trainer.datamodule)
         if world == 1:
             return local
         gathered = [

@@ -7,11 +7,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from difftrain.images import save_grid
-
 
 class SampleGrid(L.Callback):
-    """Writes `dirpath/step_XXXXXXX.png` and logs it to W&B as `samples` (rank zero only).
+    """Writes `dirpath/step_XXXXXXX.png` (the datamodule draws it: a grid of images, a scatter
+    plot of points) and logs it to W&B as `samples` (rank zero only).
 
     A class-conditional model draws classes 0, 1, 2, ... in turn, guided by `guidance`.
     """
@@ -38,8 +37,8 @@ class SampleGrid(L.Callback):
         if self.validations % self.every_n_validations or not trainer.is_global_zero:
             return
         images, nfe = pl_module.sample(self.num_samples, seed=self.seed, guidance=self.guidance)
-        uint8 = trainer.datamodule.to_uint8(images)
-        self.last_path = save_grid(uint8, self.dirpath / f"step_{trainer.global_step:07d}.png")
+        path = self.dirpath / f"step_{trainer.global_step:07d}.png"
+        self.last_path = trainer.datamodule.save_samples(images, path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 caption = [f"step {trainer.global_step}, NFE {nfe}"]

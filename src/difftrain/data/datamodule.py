@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from difftrain.data.transforms import to_model_range, to_uint8
+from difftrain.images import save_grid
 
 
 class _Mapped(Dataset):
@@ -73,6 +75,10 @@ class ImageDataModule(L.LightningDataModule):
     def to_uint8(self, x: Tensor) -> Tensor:
         """The exact inverse of `normalize`, to uint8 (B, H, W, C)."""
         return to_uint8(x, self.value_range)
+
+    def save_samples(self, samples: Tensor, path: str | Path) -> Path:
+        """A PNG grid of model-range images (B, C, H, W)."""
+        return save_grid(self.to_uint8(samples), path)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

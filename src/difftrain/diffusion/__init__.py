@@ -4,10 +4,11 @@ Framework-free by design: this package imports torch only (no Lightning, Hydra o
 so it can be read, tested and reused on its own.
 """
 
-from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.denoiser import Denoiser, Ensemble
 from difftrain.diffusion.guidance import ClassifierFreeGuidance
 from difftrain.diffusion.loss import DenoisingLoss, denoising_loss, x0_error
 from difftrain.diffusion.noise_levels import (
+    Curriculum,
     LogitNormal,
     LogNormal,
     LossSecondMoment,
@@ -48,12 +49,14 @@ __all__ = [
     "P2",
     "ClassifierFreeGuidance",
     "CosineSchedule",
+    "Curriculum",
     "DenoisingLoss",
     "Denoiser",
     "DiscreteSchedule",
     "EDMObjective",
     "EDMSchedule",
     "EDMWeighting",
+    "Ensemble",
     "EpsObjective",
     "FlowObjective",
     "LinearSchedule",

@@ -18,13 +18,14 @@ def denoising_loss(
     sigma: Tensor,
     noise: Tensor,
     class_labels: Tensor | None = None,
+    augment_labels: Tensor | None = None,
 ) -> Tensor:
     """Per-example mean squared error of F against its target, shape (B,).
 
     x0 and noise are (B, C, H, W); sigma is (B,). The noisy input is x0 + sigma * noise.
     """
     x = x0 + expand_like(sigma, x0) * noise
-    f = denoiser.raw(x, sigma, class_labels).float()
+    f = denoiser.raw(x, sigma, class_labels, augment_labels).float()
     target = denoiser.objective.target(x0, x, sigma).float()
     return (f - target).square().flatten(1).mean(1)
 
@@ -42,11 +43,13 @@ class DenoisingLoss(nn.Module):
         schedule: NoiseSchedule,
         x0: Tensor,
         class_labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-example weighted losses (B,) and the noise levels they were drawn at (B,)."""
         sigma, importance = self.noise_levels(x0.shape[0], schedule, x0.device)
         sigma = sigma.to(x0.dtype)
-        error = denoising_loss(denoiser, x0, sigma, torch.randn_like(x0), class_labels)
+        noise = torch.randn_like(x0)
+        error = denoising_loss(denoiser, x0, sigma, noise, class_labels, augment_labels)
         _, c_out, _, _ = denoiser.objective.scalings(sigma)
         loss = self.weighting(sigma, c_out).float() * error
         self.noise_levels.update(loss)

@@ -6,6 +6,8 @@ weight is 1 except for importance sampling, where it keeps the loss estimate unb
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -14,6 +16,12 @@ from difftrain.diffusion.schedules import NoiseSchedule
 
 class NoiseLevels(nn.Module):
     """Base class. Stateful samplers keep their state in buffers, so checkpoints carry it."""
+
+    step: int = 0
+
+    def set_step(self, step: int) -> None:
+        """Told the training step before each draw (a curriculum depends on it)."""
+        self.step = step
 
     def forward(
         self, n: int, schedule: NoiseSchedule, device: torch.device
@@ -103,3 +111,61 @@ class LossSecondMoment(NoiseLevels):
             self.losses[b, -1] = loss
             self.counts[b] += 1
         self._last_bins = None
+
+
+class Curriculum(NoiseLevels):
+    """A noise-level curriculum: `base`'s levels, restricted to a range that widens with training.
+
+    At step 0 only sigma in [start_min, start_max] is drawn; the range's ends move log-linearly to
+    the schedule's full range [sigma(0), sigma(1)] over `steps` steps, after which `base` is used
+    as is. Levels outside the current range are redrawn (rejection sampling).
+    """
+
+    def __init__(self, base: NoiseLevels, start_min: float, start_max: float, steps: int):
+        super().__init__()
+        if not 0 < start_min < start_max or steps < 1:
+            raise ValueError("curriculum needs 0 < start_min < start_max and steps >= 1")
+        if isinstance(base, LossSecondMoment):
+            raise ValueError(
+                "a curriculum cannot wrap importance sampling: use uniform_t, log_normal or logit_normal"
+            )
+        self.base, self.start, self.steps = base, (start_min, start_max), steps
+
+    def set_step(self, step: int) -> None:
+        self.step = step
+        self.base.set_step(step)
+
+    def sigma_range(self, schedule: NoiseSchedule) -> tuple[float, float]:
+        """The allowed [sigma_min, sigma_max] at the current step."""
+        full = schedule.sigma(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
+        f = min(1.0, self.step / self.steps)
+        lo, hi = (
+            math.exp((1 - f) * math.log(s) + f * math.log(e))
+            for s, e in zip(self.start, full, strict=True)
+        )
+        return lo, hi
+
+    def forward(
+        self, n: int, schedule: NoiseSchedule, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        if self.step >= self.steps:
+            return self.base(n, schedule, device)
+        lo, hi = self.sigma_range(schedule)
+        sigmas, weights, have = [], [], 0
+        for _ in range(100):
+            sigma, weight = self.base(n, schedule, device)
+            keep = (sigma >= lo) & (sigma <= hi)
+            sigmas.append(sigma[keep])
+            weights.append(weight[keep])
+            have += int(keep.sum())
+            if have >= n:
+                break
+        else:  # the base almost never draws in range: fall back to log-uniform levels in it
+            u = torch.rand(n, device=device)
+            return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))), torch.ones(
+                n, device=device
+            )
+        return torch.cat(sigmas)[:n], torch.cat(weights)[:n]
+
+    def update(self, losses: Tensor) -> None:
+        self.base.update(losses)

@@ -8,12 +8,14 @@ from difftrain.evaluation.classifier import CLASSIFIER, Classifier, load_or_trai
 from difftrain.evaluation.evaluator import Evaluator
 from difftrain.evaluation.features import FeatureSet, build_extractor, extract_features
 from difftrain.evaluation.metrics import class_coverage, compute_metrics, frechet_distance
+from difftrain.evaluation.toy import ToyEvaluator
 
 __all__ = [
     "CLASSIFIER",
     "Classifier",
     "Evaluator",
     "FeatureSet",
+    "ToyEvaluator",
     "build_extractor",
     "class_coverage",
     "compute_metrics",

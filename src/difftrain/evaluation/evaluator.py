@@ -127,6 +127,11 @@ class Evaluator:
             feature=self.feature, reference_split=self.split, reference_images=len(self.reference)
         )
 
+    def features(self, samples: Tensor, datamodule: object) -> FeatureSet:
+        """Features of model-range samples, made images by the datamodule's exact inverse."""
+        uint8 = datamodule.to_uint8(samples).permute(0, 3, 1, 2)
+        return extract_features(self.extractor, uint8, self.batch_size)
+
     def __call__(self, images: Tensor, seed: int = 0) -> dict[str, object]:
         """Metrics of uint8 images (N, C, H, W), plus class coverage with the classifier."""
         if self.extractor is None:

@@ -21,11 +21,12 @@ from difftrain.nets.layers import (
 class UNet(nn.Module):
     """F(x, c_noise, class_labels) -> (B, C, H, W), for images (B, C, H, W) with H = W = image_size.
 
-    Like every difftrain net it exposes `in_channels`, `image_size` and `num_classes`.
+    Like every difftrain net it exposes `sample_shape` and `num_classes`.
     Level i works at resolution image_size / 2^i with channels * channel_mult[i] channels and
     `num_res_blocks` residual blocks; self-attention follows each block at `attn_resolutions`.
     With num_classes > 0 the net is class-conditional; label `num_classes` is the null class
-    (unconditional), which is what `class_labels=None` means.
+    (unconditional), which is what `class_labels=None` means. With augment_dim > 0 the net also
+    takes non-leaking augmentation labels (B, augment_dim); None means "not augmented".
     """
 
     def __init__(
@@ -40,16 +41,12 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         norm_groups: int = 32,
         num_classes: int = 0,
+        augment_dim: int = 0,
     ):
         super().__init__()
         levels = len(channel_mult)
-        factor = 2 ** (levels - 1)
-        if image_size % factor:
-            raise ValueError(
-                f"image size {image_size} cannot be halved {levels - 1} times by a UNet with "
-                f"{levels} levels (channel_mult={list(channel_mult)}): use an image size divisible "
-                f"by {factor} (e.g. {image_size + factor - image_size % factor}) or fewer levels"
-            )
+        self.channel_mult = list(channel_mult)
+        self.check_image_size(image_size)
         resolutions = [image_size // 2**i for i in range(levels)]
         if unknown := set(attn_resolutions) - set(resolutions):
             raise ValueError(
@@ -63,6 +60,8 @@ class UNet(nn.Module):
 
         self.noise_emb = NoiseEmbedding(channels, emb_ch)
         self.class_emb = nn.Embedding(num_classes + 1, emb_ch) if num_classes else None
+        self.augment_dim = augment_dim
+        self.augment_emb = nn.Linear(augment_dim, emb_ch, bias=False) if augment_dim else None
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
 
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
@@ -103,8 +102,31 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(norm_groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
 
-    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def check_image_size(self, size: int) -> None:
+        """Fail with the sizes involved unless `size` can be halved once per level but the last."""
+        levels = len(self.channel_mult)
+        factor = 2 ** (levels - 1)
+        if size % factor:
+            raise ValueError(
+                f"image size {size} cannot be halved {levels - 1} times by a UNet with "
+                f"{levels} levels (channel_mult={self.channel_mult}): use an image size divisible "
+                f"by {factor} (e.g. {size + factor - size % factor}) or fewer levels"
+            )
+
+    def forward(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None = None,
+        augment_labels: Tensor | None = None,
+    ) -> Tensor:
         emb = self.noise_emb(c_noise.expand(x.shape[0]))
+        if self.augment_emb is not None and augment_labels is not None:
+            emb = emb + self.augment_emb(augment_labels.to(emb.dtype))
         if self.class_emb is not None:
             if class_labels is None:
                 class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device)

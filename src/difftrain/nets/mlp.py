@@ -1,0 +1,48 @@
+"""An MLP denoiser network for low-dimensional (toy) data."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from difftrain.nets.layers import NoiseEmbedding
+
+
+class MLP(nn.Module):
+    """F(x, c_noise, class_labels) -> (B, dim) for points x (B, dim): residual SiLU blocks,
+    each told the noise level (and class) through an added embedding."""
+
+    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, num_classes: int = 0):
+        super().__init__()
+        self.dim, self.num_classes = dim, num_classes
+        self.noise_emb = NoiseEmbedding(64, hidden)
+        self.class_emb = nn.Embedding(num_classes + 1, hidden) if num_classes else None
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.LayerNorm(hidden),
+                nn.Linear(hidden, hidden),
+                nn.SiLU(),
+                nn.Linear(hidden, hidden),
+            )
+            for _ in range(depth)
+        )
+        self.out = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @property
+    def sample_shape(self) -> tuple[int]:
+        return (self.dim,)
+
+    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        emb = self.noise_emb(c_noise.expand(x.shape[0]))
+        if self.class_emb is not None:
+            if class_labels is None:
+                class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device)
+            emb = emb + self.class_emb(class_labels)
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(F.silu(h + emb))
+        return self.out(F.silu(h))

@@ -1,0 +1,44 @@
+"""Learning-rate schedules and optimizer parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_cosine(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.0
+) -> LambdaLR:
+    """Linear warm-up over warmup_steps, then cosine decay to min_factor x lr at total_steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def warmup_inverse_sqrt(optimizer: Optimizer, warmup_steps: int, ref_steps: int) -> LambdaLR:
+    """EDM2's schedule (Karras et al. 2024, Eq. 1 of App. B): lr / sqrt(max(step / ref_steps, 1)) after warm-up."""
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / max(1, warmup_steps)) / math.sqrt(max(step / ref_steps, 1.0))
+
+    return LambdaLR(optimizer, factor)
+
+
+def parameter_groups(model: nn.Module) -> list[dict]:
+    """Two groups: weights that decay, and norms, biases and embeddings that do not (weight_decay 0)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            skip = param.ndim < 2 or isinstance(module, (nn.Embedding, nn.GroupNorm, nn.LayerNorm))
+            (no_decay if skip else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
