@@ -19,9 +19,8 @@ from omegaconf import open_dict
 
 from difftrain.checkpoint import load_trained
 from difftrain.config import CONFIG_DIR
-from difftrain.data import to_uint8
-from difftrain.diffusion.generate import generate
 from difftrain.images import save_grid
+from difftrain.sample import class_labels
 
 SAMPLERS = ["ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
 
@@ -50,6 +49,9 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_trained(args.ckpt)
+    labels = class_labels(
+        None, args.n, model.denoiser.net.num_classes
+    )  # 0, 1, 2, ... if conditional
     rows = []
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=[f"ckpt={args.ckpt}", *args.overrides])
@@ -65,11 +67,8 @@ def main() -> None:
                 ).sampler
                 sampler = instantiate(sampler_cfg)
                 start = time.perf_counter()
-                images, real_nfe = generate(
-                    model.denoiser, model.schedule, sampler, model.shape, args.n, seed=0
-                )
+                uint8, real_nfe = model.sample(args.n, sampler, seed=0, class_labels=labels)
                 seconds = time.perf_counter() - start
-                uint8 = to_uint8(images, model.config.data.value_range)
                 scores = evaluator(uint8.permute(0, 3, 1, 2))
                 if args.grids:
                     save_grid(uint8[:64], args.grids / f"{name}_nfe{real_nfe}.png")

@@ -24,24 +24,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from difftrain.checkpoint import TrainedModel, load_models
 from difftrain.config import CONFIG_DIR
 from difftrain.runtime import resolve_device
-from difftrain.sample import class_labels
+from difftrain.sample import draw
 
 log = logging.getLogger(__name__)
 
 
 def _generate(cfg: DictConfig, model: TrainedModel) -> tuple[torch.Tensor, dict]:
     """n samples of the checkpoint's EMA weights as uint8 (N, C, H, W), and what describes them."""
-    sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
-    labels = class_labels(None, cfg.n, model.denoiser.net.num_classes)
     start = time.perf_counter()
-    uint8, nfe = model.sample(
-        cfg.n,
-        sampler,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        class_labels=labels,
-        guidance=cfg.guidance,
-    )
+    uint8, nfe, _, _ = draw(cfg, model, None)
     seconds = time.perf_counter() - start
     info = {
         "checkpoint": OmegaConf.to_container(cfg.ckpt)

@@ -15,8 +15,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from difftrain.checkpoint import load_models
+from difftrain.checkpoint import TrainedModel, load_models
 from difftrain.config import CONFIG_DIR
+from difftrain.diffusion import Sampler
 from difftrain.images import save_grid, save_npz, save_pngs
 from difftrain.runtime import resolve_device
 
@@ -28,16 +29,7 @@ def sample(cfg: DictConfig) -> Path:
     folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
     """
     model = load_models(cfg.ckpt, resolve_device(cfg.device))
-    sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
-    labels = class_labels(cfg.class_labels, cfg.n, model.denoiser.net.num_classes)
-    uint8, nfe = model.sample(
-        cfg.n,
-        sampler,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        class_labels=labels,
-        guidance=cfg.guidance,
-    )
+    uint8, nfe, sampler, labels = draw(cfg, model, cfg.class_labels)
     extra = {"nfe": np.array(nfe), "seed": np.array(cfg.seed), "step": np.array(model.global_step)}
     if labels is not None:
         extra["labels"] = labels.numpy()
@@ -50,6 +42,24 @@ def sample(cfg: DictConfig) -> Path:
     grid = save_grid(uint8[: cfg.grid_size], Path(cfg.out).with_suffix(".png"))
     print(f"wrote {cfg.n} samples ({sampler.steps} steps, NFE {nfe}) to {out} and a grid to {grid}")
     return out
+
+
+def draw(
+    cfg: DictConfig, model: TrainedModel, requested_labels: Sequence[int] | None
+) -> tuple[torch.Tensor, int, Sampler, torch.Tensor | None]:
+    """cfg.n uint8 samples (N, H, W, C) with cfg's sampler (else the run's), seed, batch size and
+    guidance; also the NFE, the sampler and the class labels used."""
+    sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
+    labels = class_labels(requested_labels, cfg.n, model.denoiser.net.num_classes)
+    uint8, nfe = model.sample(
+        cfg.n,
+        sampler,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        class_labels=labels,
+        guidance=cfg.guidance,
+    )
+    return uint8, nfe, sampler, labels
 
 
 def class_labels(requested: Sequence[int] | None, n: int, num_classes: int) -> torch.Tensor | None:

@@ -68,17 +68,17 @@ def _report(
             lines.append(f"sample grid:  {cb.last_path}")
         if isinstance(cb, Evaluate) and cb.last:
             scores = ", ".join(f"{k} {v:.4g}" for k, v in cb.last.items() if isinstance(v, float))
-            share = cb.seconds / (minutes * 60)
+            share, setup = cb.seconds / (minutes * 60), cb.setup_seconds
+            feature = cb.evaluator.info.get("feature")
             lines.append(
-                f"evaluation:   {scores} ({cb.evaluator.info.get('feature')} features, {share:.0%} of the time)"
+                f"evaluation:   {scores} ({feature} features; {share:.0%} of the time, "
+                f"of which {setup:.0f} s one-off setup)"
             )
     if trainer.checkpoint_callback is not None:
         ckpt = trainer.checkpoint_callback
         lines.append(f"checkpoint:   {ckpt.last_model_path or ckpt.best_model_path}")
-    for logger in trainer.loggers:
-        lines.append(
-            f"{type(logger).__name__}: {Path(logger.save_dir or '.') if logger.save_dir else '-'}"
-        )
+    if wandb_dir is not None:
+        lines.append(f"W&B run:      {wandb_dir}  (upload: wandb sync {wandb_dir})")
     if "val/loss" in metrics:
         lines.append(f"val/loss:     {metrics['val/loss']:.4f}")
     log.info("\n".join(lines))

@@ -19,7 +19,8 @@ class Evaluate(L.Callback):
     Logs eval/fid, eval/kid, eval/precision, eval/recall and, with the classifier, eval/class_entropy
     and eval/classes_under_threshold. Under DDP each rank draws its share (its own seeds) and
     extracts its features; rank zero gathers and scores them (num_samples // world_size per rank).
-    `seconds` is the time spent here, including the one-off setup of the evaluator.
+    `seconds` is the time spent here, including `setup_seconds` for the evaluator's one-off setup
+    (training the classifier and computing reference features, both cached for later runs).
     """
 
     def __init__(
@@ -33,7 +34,7 @@ class Evaluate(L.Callback):
     ):
         self.evaluator, self.sampler, self.num_samples = evaluator, sampler, num_samples
         self.seed, self.guidance, self.every_n_validations = seed, guidance, every_n_validations
-        self.validations, self.seconds = 0, 0.0
+        self.validations, self.seconds, self.setup_seconds = 0, 0.0, 0.0
         self.last: dict[str, object] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -42,7 +43,8 @@ class Evaluate(L.Callback):
             self.evaluator.setup(pl_module.device)
         trainer.strategy.barrier()
         self.evaluator.setup(pl_module.device)  # the other ranks read the cache
-        self.seconds += time.perf_counter() - start
+        self.setup_seconds = time.perf_counter() - start
+        self.seconds += self.setup_seconds
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
