@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -116,3 +119,51 @@ def fake_cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: True)
     return write_cifar10(tmp_path / "data")
+
+
+# A toy2d multirun of two jobs in seconds: the first finishes, the second diverges (its loss is
+# NaN from step 2 on, and the guard gives up after one rollback).
+TINY_TOY = [
+    "experiment=toy2d",
+    "trainer.max_steps=24",
+    "trainer.val_check_interval=12",
+    "trainer.log_every_n_steps=4",
+    "data.num_train=2048",
+    "data.num_val=256",
+    "data.val_batch_size=256",
+    "net.hidden=32",
+    "net.depth=2",
+    "sampler.steps=4",
+    "callbacks.evaluate.num_samples=100",
+    "callbacks.evaluate.sampler.steps=4",
+    "callbacks.sample_grid.num_samples=100",
+    "callbacks.guard.window=10",
+    "callbacks.guard.snapshot_every=2",
+    "callbacks.guard.max_nonfinite=2",
+    "callbacks.guard.max_rollbacks=1",
+    "~callbacks.progress_bar",
+]
+DIVERGING = "[" + ",".join(str(s) for s in range(2, 24)) + "]"
+
+
+def run_module(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m args...` in cwd, with W&B quiet and no WANDB_MODE from outside."""
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    cmd = [sys.executable, "-m", *args]
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The multirun dir of TINY_TOY with one finished and one diverged job, run in parallel."""
+    root = tmp_path_factory.mktemp("multirun")
+    sweep = root / "sweep"
+    run_module(
+        "difftrain.train", "-m", *TINY_TOY, f"model.fault_nan_steps=[],{DIVERGING}",
+        "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}", cwd=root,
+    )  # fmt: skip
+    return sweep

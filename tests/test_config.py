@@ -194,3 +194,17 @@ def test_unknown_key_is_an_error(make_cfg):
         make_cfg("net.chanels=16")
     with pytest.raises(ConfigCompositionException):
         make_cfg("learning_rate=1e-3")
+
+
+@pytest.mark.parametrize("option", options("hydra/launcher"))
+def test_hydra_launcher(option):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="pip install -e '.[sweep]'")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweep]'")
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={option}"], return_hydra_config=True)
+    launcher = instantiate(cfg.hydra.launcher)
+    assert (
+        type(launcher).__name__ == {"parallel": "JoblibLauncher", "slurm": "SlurmLauncher"}[option]
+    )
+    if option == "slurm":
+        assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.tasks_per_node == 1

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 
-from tests.conftest import CACHE
-from tests.test_train import run_cli
+from tests.conftest import CACHE, run_module
 
 SMALL = [
     "evaluator.classifier_images=2000",
@@ -18,7 +17,7 @@ SMALL = [
 
 def test_eval_a_checkpoint_writes_eval_json(tiny_checkpoint, tmp_path):
     out = tmp_path / "eval.json"
-    result = run_cli(
+    result = run_module(
         "difftrain.evaluate", f"ckpt={tiny_checkpoint}", "n=60", "sampler=dpmpp_2m", "sampler.steps=3",
         f"paths.cache_dir={CACHE}", f"out={out}", *SMALL, cwd=tmp_path,
     )  # fmt: skip
@@ -38,7 +37,7 @@ def test_eval_a_sample_file_against_a_dataset(tmp_path):
 
     real = (digits("val", image_size=16).images[:100]).permute(0, 2, 3, 1).numpy()
     np.savez(tmp_path / "other.npz", images=real)
-    run_cli(
+    run_module(
         "difftrain.evaluate", f"samples={tmp_path / 'other.npz'}", "data=digits", f"paths.cache_dir={CACHE}",
         *SMALL, cwd=tmp_path,
     )  # fmt: skip

@@ -12,12 +12,36 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 def test_quickstart_notebook_runs(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFTRAIN_CKPT", str(tiny_checkpoint))
-    nb = nbformat.read(NOTEBOOKS / "01_quickstart.ipynb", as_version=4)
+    nb = run_notebook("01_quickstart.ipynb", tmp_path)
+    assert (tmp_path / "quickstart_grid.png").is_file()
+    assert "NFE 100" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+
+
+def run_notebook(name: str, tmp_path: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
         "strip outputs"
     )
     NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
-    assert (tmp_path / "quickstart_grid.png").is_file()
-    assert "NFE 100" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    return nb
+
+
+def test_compare_runs_notebook_picks_the_best_run_and_samples_it(
+    tiny_multirun, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DIFFTRAIN_MULTIRUN", str(tiny_multirun))
+    nb = run_notebook("02_compare_runs.ipynb", tmp_path)
+    assert (tmp_path / "best_samples.png").is_file()
+    text = "".join(
+        o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+    )
+    assert "diverged" in text and "best: model.fault_nan_steps=[]" in text
+
+
+def test_noise_schedules_notebook_draws_the_schedules(tmp_path):
+    run_notebook("03_noise_schedules.ipynb", tmp_path)
+    assert (tmp_path / "noise_schedules.png").is_file() and (
+        tmp_path / "forward_process.png"
+    ).is_file()

@@ -9,12 +9,12 @@ from PIL import Image
 
 from difftrain.checkpoint import load_trained
 from difftrain.sample import class_labels
-from tests.test_train import run_cli
+from tests.conftest import run_module
 
 
 def test_sample_cli_writes_uint8_npz_and_grid(tiny_checkpoint, tmp_path):
     out = tmp_path / "s" / "samples.npz"
-    result = run_cli(
+    result = run_module(
         "difftrain.sample",
         f"ckpt={tiny_checkpoint}",
         "n=10",
@@ -34,7 +34,7 @@ def test_sample_cli_writes_uint8_npz_and_grid(tiny_checkpoint, tmp_path):
 
 def test_png_export(tiny_checkpoint, tmp_path):
     out = tmp_path / "pngs"
-    run_cli(
+    run_module(
         "difftrain.sample",
         f"ckpt={tiny_checkpoint}",
         "n=3",
@@ -56,7 +56,7 @@ def test_class_labels_and_guidance(tiny_conditional_checkpoint, tmp_path):
         "sampler=heun",
         "sampler.steps=3",
     ]
-    run_cli("difftrain.sample", *args, "class_labels=[3,7]", "guidance=2.0", cwd=tmp_path)
+    run_module("difftrain.sample", *args, "class_labels=[3,7]", "guidance=2.0", cwd=tmp_path)
     data = np.load(out)
     assert data["labels"].tolist() == [3, 7, 3, 7, 3] and int(data["nfe"]) == 5
     assert data["images"].shape == (5, 16, 16, 1)
@@ -99,7 +99,7 @@ def test_ensemble_averages_denoisers_and_rejects_other_architectures(
     with pytest.raises(ValueError, match=r"cannot ensemble .* their net differ"):
         load_models([tiny_checkpoint, tiny_conditional_checkpoint])
     out = tmp_path / "ens.npz"
-    run_cli(
+    run_module(
         "difftrain.sample",
         f"ckpt=[{tiny_checkpoint},{tiny_checkpoint}]",
         "n=2",

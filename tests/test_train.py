@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ from PIL import Image
 
 from difftrain.tracking import read_offline_run
 from difftrain.train import train
-from tests.conftest import FAST, SHARED_DATA, write_mnist
+from tests.conftest import FAST, SHARED_DATA, run_module, write_mnist
 
 
 def outputs(cfg) -> Path:
@@ -153,18 +150,9 @@ def test_class_conditional_run_with_label_dropout(make_cfg):
     assert (outputs(cfg) / "checkpoints" / "last.ckpt").is_file()
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_SILENT": "true"}
-    env.pop("WANDB_MODE", None)
-    cmd = [sys.executable, "-m", *args]
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 def test_multirun_gives_each_job_its_own_run_dir_and_wandb_run(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli("difftrain.train", "-m", *FAST, "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    run_module("difftrain.train", "-m", *FAST, "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1"]
     runs = [read_offline_run(next((job / "wandb").glob("offline-run-*"))) for job in jobs]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import difftrain.sweep  # noqa: F401  registers the ${job:...} resolver the configs use
+
 
 def config_dir() -> Path:
     """`conf/` of a source checkout, or the copy packaged inside an installed wheel."""

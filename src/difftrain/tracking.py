@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,23 @@ def wandb_logger(
     tags: Sequence[str] = (),
     log_model: bool = False,
     init_timeout: float = 60.0,
+    swept: Mapping[str, str] | None = None,
 ) -> WandbLogger:
     """A Lightning `WandbLogger` whose run lives under `save_dir/wandb/`.
 
     mode="online" falls back to offline with a warning when W&B cannot be reached or no API key
     is configured; the offline run can be uploaded later with `wandb sync <run dir>/wandb/offline-run-*`.
     The mode is passed to `wandb.init`, never through WANDB_MODE, so it cannot leak between the
-    jobs of a Hydra multirun.
+    jobs of a Hydra multirun. `swept` (a multirun job's swept key -> value) becomes tags
+    `key=value` (cut to W&B's 64 characters) and the config entry `swept`, so the W&B UI can group and filter by it.
     """
     if mode not in MODES:
         raise ValueError(f"logger.wandb.mode must be one of {MODES}, got {mode!r}")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    kwargs = dict(project=project, name=name, group=group, tags=list(tags), dir=save_dir)
+    swept = dict(swept or {})
+    swept_tags = (f"{k}={v}" for k, v in swept.items())
+    tags = [*tags, *(t if len(t) <= 64 else t[:61] + "..." for t in swept_tags)]  # W&B's limit
+    kwargs = dict(project=project, name=name, group=group, tags=tags, dir=save_dir)
     if rank_zero_only.rank != 0:  # other DDP ranks never start a run
         return WandbLogger(
             save_dir=save_dir, offline=mode != "online", log_model=log_model, **kwargs
@@ -49,6 +54,8 @@ def wandb_logger(
             raise
         log.warning("W&B online mode failed (%s); logging offline to %s/wandb instead", e, save_dir)
         run = wandb.init(mode="offline", settings=settings, reinit="finish_previous", **kwargs)
+    if swept:
+        run.config.update({"swept": swept, "job_name": name})
     return WandbLogger(experiment=run, save_dir=save_dir, log_model=log_model)
 
 

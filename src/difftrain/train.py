@@ -3,11 +3,16 @@
 difftrain-train                               # unet_small on digits, a few CPU minutes
 difftrain-train experiment=mnist_small data.dataset.root=../shared/data
 difftrain-train -m optimizer.lr=1e-3,2e-4     # a multirun sweep
+difftrain-train -m +sweep=regularization      # a ready sweep (conf/sweep/)
+
+Every run writes `summary.json` into its run dir: status (running, finished, diverged, failed),
+the swept values, final metrics and the health summary; `difftrain-compare` reads it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -17,17 +22,22 @@ import wandb
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from difftrain.callbacks import Evaluate, SampleGrid, Throughput
+from difftrain.callbacks import Evaluate, SampleGrid, Throughput, TrainingDiverged, TrainingHealth
 from difftrain.config import CONFIG_DIR
+from difftrain.runs import write_summary
 from difftrain.runtime import apply_runtime
+from difftrain.sweep import Job, current_job, failure_rate
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
+def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     """Build every part from `cfg`, fit, report where the outputs are, and return the final metrics."""
     apply_runtime(cfg.seed, cfg.num_threads, cfg.float32_matmul_precision)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    job = job or current_job(cfg.task_name)
+    out_dir = cfg.paths.output_dir
+    write_summary(out_dir, status="running", name=job.name, group=job.group, swept=job.swept)
 
     # Build the parts: data, model, loggers, callbacks, trainer.
     datamodule = instantiate(cfg.data)
@@ -41,17 +51,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(resolved)
 
-    # Fit; each job of a multirun gets its own W&B run.
-    start, wandb_dir = time.perf_counter(), None
+    # Fit; each job of a multirun gets its own W&B run. summary.json says how it ended.
+    start, wandb_dir, status = time.perf_counter(), None, "failed"
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        status = "finished"
+    except TrainingDiverged:
+        status = "diverged"
+        raise
     finally:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        health = next((cb.summary for cb in callbacks if isinstance(cb, TrainingHealth)), {})
+        minutes = (time.perf_counter() - start) / 60
+        write_summary(
+            out_dir,
+            status=status,
+            steps=trainer.global_step,
+            minutes=minutes,
+            metrics=metrics,
+            health={k: v for k, v in health.items() if k != "val_losses"},
+        )
         if wandb.run is not None:
+            wandb.run.summary["run/status"] = status
             wandb_dir = Path(wandb.run.dir).parent
             wandb.finish()
-    minutes = (time.perf_counter() - start) / 60
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     _report(trainer, minutes, metrics, wandb_dir)
     return metrics
 
@@ -86,8 +110,30 @@ def _report(
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns val/loss so that sweepers can optimize it."""
-    return train(cfg).get("val/loss")
+    """Hydra entry point; returns `optimized_metric` for sweepers (Optuna).
+
+    In a multirun, a job that diverges (or ends with a non-finite metric) is recorded as such in
+    summary.json and W&B and returns the worst value, so the sweep goes on, until more than
+    `max_failure_rate` of the sweep's planned jobs have failed: then it raises and the sweep stops.
+    """
+    job = current_job(cfg.task_name)
+    try:
+        value = train(cfg, job).get(cfg.optimized_metric)
+    except TrainingDiverged as e:
+        if job.sweep_dir is None or failure_rate(job) > cfg.max_failure_rate:
+            raise
+        log.error("%s: diverged (%s); the sweep goes on, this job scores worst", job.name, e)
+        return job.worst
+    if value is None:
+        log.warning(
+            "optimized_metric=%s was not logged; sweepers get nothing", cfg.optimized_metric
+        )
+    elif not math.isfinite(value) and job.sweep_dir is not None:
+        write_summary(cfg.paths.output_dir, status="diverged")
+        if failure_rate(job) > cfg.max_failure_rate:
+            raise TrainingDiverged(f"{cfg.optimized_metric} is {value} and too many jobs failed")
+        return job.worst
+    return value
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ class MLP(nn.Module):
     """F(x, c_noise, class_labels) -> (B, dim) for points x (B, dim): residual SiLU blocks,
     each told the noise level (and class) through an added embedding."""
 
-    def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, num_classes: int = 0):
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 256,
+        depth: int = 4,
+        num_classes: int = 0,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.dim, self.num_classes = dim, num_classes
         self.noise_emb = NoiseEmbedding(64, hidden)
@@ -24,6 +31,7 @@ class MLP(nn.Module):
                 nn.LayerNorm(hidden),
                 nn.Linear(hidden, hidden),
                 nn.SiLU(),
+                nn.Dropout(dropout),
                 nn.Linear(hidden, hidden),
             )
             for _ in range(depth)
