@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -84,3 +85,13 @@ def test_wandb_api_runs_become_runs(monkeypatch):
     )
     assert run.metrics == {"val/loss": 0.5} and run.health == {"rollbacks": 1}
     assert run.curve("train/loss") == ([9], [1.0])
+
+
+def test_a_run_that_fails_to_start_says_so_in_its_summary(make_cfg):
+    from difftrain.train import train
+
+    cfg = make_cfg("data=mnist", "logger=none", "data.dataset.root=/nonexistent")
+    with pytest.raises(Exception, match="nonexistent"):
+        train(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["status"] == "failed" and "nonexistent" in summary["error"]

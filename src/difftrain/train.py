@@ -40,37 +40,43 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     write_summary(out_dir, status="running", name=job.name, group=job.group, swept=job.swept)
 
     # Build the parts: data, model, loggers, callbacks, trainer.
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    model.save_hyperparameters(
-        {"config": resolved}, logger=False
-    )  # lets a checkpoint rebuild its model
-    loggers = [instantiate(c) for c in cfg.logger.values()]
-    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    for logger in loggers:
-        logger.log_hyperparams(resolved)
+    try:
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model)
+        model.save_hyperparameters({"config": resolved}, logger=False)  # rebuilds it from a ckpt
+        loggers = [instantiate(c) for c in cfg.logger.values()]
+        callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        for logger in loggers:
+            logger.log_hyperparams(resolved)
+    except Exception as e:
+        write_summary(out_dir, status="failed", error=f"{type(e).__name__}: {e}")
+        wandb.finish()
+        raise
 
     # Fit; each job of a multirun gets its own W&B run. summary.json says how it ended.
-    start, wandb_dir, status = time.perf_counter(), None, "failed"
+    start, wandb_dir, status, error = time.perf_counter(), None, "failed", None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         status = "finished"
-    except TrainingDiverged:
-        status = "diverged"
+    except BaseException as e:
+        status = "diverged" if isinstance(e, TrainingDiverged) else "failed"
+        error = f"{type(e).__name__}: {e}"
         raise
     finally:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         health = next((cb.summary for cb in callbacks if isinstance(cb, TrainingHealth)), {})
         minutes = (time.perf_counter() - start) / 60
-        write_summary(
-            out_dir,
-            status=status,
-            steps=trainer.global_step,
-            minutes=minutes,
-            metrics=metrics,
-            health={k: v for k, v in health.items() if k != "val_losses"},
-        )
+        if trainer.is_global_zero:
+            write_summary(
+                out_dir,
+                status=status,
+                error=error,
+                steps=trainer.global_step,
+                minutes=minutes,
+                metrics=metrics,
+                health={k: v for k, v in health.items() if k != "val_losses"},
+            )
         if wandb.run is not None:
             wandb.run.summary["run/status"] = status
             wandb_dir = Path(wandb.run.dir).parent
