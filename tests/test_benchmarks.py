@@ -1,0 +1,23 @@
+"""The benchmark scripts run and print their figures (timings themselves are not tested)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_sampler_speed_compares_every_sampler_with_diffusers_at_equal_nfe():
+    pytest.importorskip("diffusers")
+    cmd = [sys.executable, str(BENCHMARKS / "sampler_speed.py"), "--net", "overhead",
+           "--image-size", "8", "--batch", "4", "--steps", "4", "--repeats", "1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[2:] if line.strip()}
+    assert rows == {
+        "ddim": "4/4", "euler": "4/4", "euler_ancestral": "4/4", "heun": "7/7",
+        "dpmpp_2m": "4/4", "dpmpp_2m_sde": "4/4",
+    }  # fmt: skip
