@@ -43,11 +43,20 @@ def test_a_wandb_offline_run_reads_like_its_run_dir(tiny_multirun):
     assert run.curve("train/loss")[0]
 
 
-def test_a_running_job_shows_as_running(tiny_multirun, tmp_path):
+def test_a_running_job_shows_as_running_until_its_process_is_gone(tiny_multirun, tmp_path):
+    import os
     import shutil
+    import socket
+    import subprocess
 
     job = shutil.copytree(tiny_multirun / "0", tmp_path / "0")
-    write_summary(job, status="running")
+    write_summary(job, status="running", host=socket.gethostname(), pid=os.getpid())
+    assert load_runs(tmp_path)[0].status == "running"
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    write_summary(job, pid=gone.pid)
+    assert load_runs(tmp_path)[0].status == "killed"
+    write_summary(job, host="another-node")  # there, nobody can tell
     assert load_runs(tmp_path)[0].status == "running"
 
 

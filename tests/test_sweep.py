@@ -82,7 +82,7 @@ def test_multirun_jobs_are_named_grouped_and_summarized(tiny_multirun):
         json.loads((tiny_multirun / n / "summary.json").read_text()) for n in "01"
     )
     assert finished["status"] == "finished" and diverged["status"] == "diverged"
-    assert finished["name"] == "model.fault_nan_steps=[]"
+    assert finished["name"] == "model.fault_nan_steps=[]" and finished["pid"] != diverged["pid"]
     assert finished["group"] == diverged["group"] == f"toy2d-{sweep['launched']}"
     assert finished["metrics"]["val/loss"] > 0 and finished["health"]["rollbacks"] == 0
     assert diverged["health"]["rollbacks"] >= 1 and diverged["steps"] < 24

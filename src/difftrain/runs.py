@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +119,7 @@ def read_run_dir(path: Path) -> Run:
     return Run(
         path=str(path),
         name=summary.get("name") or path.name,
-        status=summary.get("status") or str(health.get("status", "unknown")).split(":")[0],
+        status=_status(summary, health),
         config=flatten(OmegaConf.to_container(config, resolve=False)),
         choices={k: v for k, v in hydra.runtime.choices.items() if not str(k).startswith("hydra")},
         swept=summary.get("swept", {}),
@@ -131,6 +133,20 @@ def read_run_dir(path: Path) -> Run:
         checkpoint=str(checkpoint) if checkpoint.exists() else None,
         samples=str(grids[-1]) if grids else None,
     )
+
+
+def _status(summary: dict[str, Any], health: dict[str, Any]) -> str:
+    """summary.json's status; "killed" for a run that says running but whose process on this host
+    is gone (out of memory, kill -9, a lost node) without writing how it ended."""
+    status = summary.get("status") or str(health.get("status", "unknown")).split(":")[0]
+    if status == "running" and summary.get("host") == socket.gethostname() and summary.get("pid"):
+        try:
+            os.kill(summary["pid"], 0)
+        except ProcessLookupError:
+            return "killed"
+        except PermissionError:  # alive, someone else's
+            pass
+    return status
 
 
 def _last_values(history: list[dict[str, float]]) -> dict[str, float]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -37,7 +39,10 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     job = job or current_job(cfg.task_name)
     out_dir = cfg.paths.output_dir
-    write_summary(out_dir, status="running", name=job.name, group=job.group, swept=job.swept)
+    write_summary(
+        out_dir, status="running", name=job.name, group=job.group, swept=job.swept,
+        host=socket.gethostname(), pid=os.getpid(),
+    )  # fmt: skip
 
     # Build the parts: data, model, loggers, callbacks, trainer.
     try:
