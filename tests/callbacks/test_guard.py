@@ -83,3 +83,19 @@ def test_spike_detector_uses_median_and_mad():
     assert detector(5.0)
     assert not detector(float("nan")) or True  # non-finite losses are never added to the history
     assert all(v < 2 for v in detector.history)
+
+
+def test_post_hoc_ema_profiles_roll_back_with_the_weights(make_cfg):
+    # Steps 5, 7 and 9 are NaN: the rollback after step 9 returns to the state after 4 updates, so
+    # the healthy updates of steps 4, 6 and 8 leave the profiles too, and their snapshots go.
+    cfg = make_cfg(*FAST, *GUARD, "callbacks=phema",
+                   "callbacks.posthoc_ema.snapshot_every=1", "model.fault_nan_steps=[5,7,9]",
+                   "callbacks.guard.max_nonfinite=3")  # fmt: skip
+    train(cfg)
+    (event,) = health(cfg)["rollback_events"]
+    assert (event["step"], event["to_step"]) == (10, 4)
+    phema = Path(cfg.paths.output_dir) / "phema"
+    steps = sorted(int(p.stem.split("-")[1]) for p in phema.glob("phema-*.pt"))
+    assert not [s for s in steps if 4 < s <= 10] and steps[-1] == 16
+    last = torch.load(phema / f"phema-{steps[-1]:07d}.pt", weights_only=False)
+    assert last["step"] == 16 - 3 - 3  # 16 steps, less 3 skipped, less the 3 rolled back

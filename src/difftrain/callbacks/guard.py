@@ -14,6 +14,11 @@ from difftrain.health import SpikeDetector
 log = logging.getLogger(__name__)
 
 
+def _followers(trainer: L.Trainer) -> list[L.Callback]:
+    """Callbacks whose state follows the weights back on a rollback (they define `rollback_to`)."""
+    return [cb for cb in trainer.callbacks if hasattr(cb, "rollback_to")]
+
+
 class TrainingDiverged(RuntimeError):
     """Raised after `max_rollbacks` rollbacks: the run cannot be saved by rolling back."""
 
@@ -29,7 +34,8 @@ def _to_cpu(state: object) -> object:
 
 
 class Guard(L.Callback):
-    """Rolls back (weights, EMA, optimizer) to the last good state and cuts the learning rate.
+    """Rolls back (weights, EMA, optimizer, and callbacks that define `rollback_to`, such as
+    `PostHocEMA`) to the last good state and cuts the learning rate.
 
     The module already skips steps whose loss or gradient is not finite. A rollback follows when
     `max_nonfinite` such steps fall within `window` steps, or when the loss stays a spike (see
@@ -62,9 +68,16 @@ class Guard(L.Callback):
         self.spike_steps = self.spike_run = self.rollbacks = 0
         self.events: list[dict] = []
         self.snapshot: dict | None = None
+        self.snapshot_due = True
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._snapshot(trainer, pl_module)
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        # Snapshots are taken here, once every hook of the previous step has run (the module
+        # updates its EMA after the callbacks' on_train_batch_end), so weights, EMA and followers agree.
+        if self.snapshot_due:
+            self._snapshot(trainer, pl_module)
+            self.snapshot_due = False
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
@@ -91,13 +104,14 @@ class Guard(L.Callback):
                 trainer, pl_module, f"the loss stayed a spike for {self.spike_run} steps"
             )
         elif not self.nonfinite and self.spike_run == 0 and step % self.snapshot_every == 0:
-            self._snapshot(trainer, pl_module)
+            self.snapshot_due = True
 
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.snapshot = {
             "step": trainer.global_step,
             "module": _to_cpu(pl_module.state_dict()),
             "optimizers": [_to_cpu(opt.state_dict()) for opt in trainer.optimizers],
+            "callbacks": [_to_cpu(cb.state_dict()) for cb in _followers(trainer)],
         }
 
     def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule, reason: str) -> None:
@@ -121,6 +135,8 @@ class Guard(L.Callback):
                 group["lr"] *= self.lr_factor
         for config in trainer.lr_scheduler_configs:
             config.scheduler.base_lrs = [lr * self.lr_factor for lr in config.scheduler.base_lrs]
+        for callback, state in zip(_followers(trainer), self.snapshot["callbacks"], strict=True):
+            callback.rollback_to(state, self.snapshot["step"])
         self.nonfinite.clear()
         self.spikes.reset()
         self.spike_run = 0

@@ -68,3 +68,15 @@ class PostHocEMA(L.Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.updates, self.emas = state["updates"], state["emas"]
+
+    @torch.no_grad()
+    def rollback_to(self, state: dict, step: int) -> None:
+        """Called by `Guard` when it restores the weights of `step`: the profiles go back with them,
+        and snapshots written since then (averaging weights that were thrown away) are deleted."""
+        self.updates = state["updates"]
+        for ema, saved in zip(self.emas, state["emas"], strict=True):
+            for p, s in zip(ema, saved, strict=True):
+                p.copy_(s)
+        for path in self.dirpath.glob("phema-*.pt"):
+            if int(path.stem.split("-")[1]) > step:
+                path.unlink()
