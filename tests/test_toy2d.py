@@ -43,13 +43,15 @@ def test_mlp_shapes_and_scatter_plot(tmp_path):
 
 def test_toy2d_experiment_captures_the_modes(make_cfg):
     cfg = make_cfg("experiment=toy2d", "trainer.accelerator=cpu", "~callbacks.progress_bar", "logger=none",
-                   "trainer.max_steps=600", "trainer.val_check_interval=300", "net.hidden=128",
+                   "trainer.max_steps=900", "trainer.val_check_interval=450", "net.hidden=128",
                    "callbacks.evaluate.num_samples=1000", "callbacks.sample_grid.num_samples=1000")  # fmt: skip
     metrics = train(cfg)
-    assert metrics["eval/modes_captured"] == 8 and metrics["eval/hq_share"] > 0.3
+    assert (
+        metrics["eval/modes_captured"] == 8 and metrics["eval/hq_share"] > 0.5
+    )  # seeds 0-2: 0.70 +- 0.01
     run = Path(cfg.paths.output_dir)
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == [
-        "step_0000300.png",
-        "step_0000600.png",
+        "step_0000450.png",
+        "step_0000900.png",
     ]
     assert json.loads((run / "health.json").read_text())["latest_evaluation"]["modes_captured"] == 8

@@ -39,10 +39,14 @@ class Evaluate(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         start = time.perf_counter()
-        if trainer.is_global_zero:  # trains the classifier and caches reference features once
-            self.evaluator.setup(pl_module.device)
-        trainer.strategy.barrier()
-        self.evaluator.setup(pl_module.device)  # the other ranks read the cache
+        # Training the classifier seeds and draws random numbers; a cache hit does not. Forking the
+        # generators keeps the training run the same either way.
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if trainer.is_global_zero:  # trains the classifier and caches reference features once
+                self.evaluator.setup(pl_module.device)
+            trainer.strategy.barrier()
+            self.evaluator.setup(pl_module.device)  # the other ranks read the cache
         self.setup_seconds = time.perf_counter() - start
         self.seconds += self.setup_seconds
 

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
 from difftrain.data.transforms import to_model_range, to_uint8
@@ -104,7 +105,9 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(
+        # The training loader is stateful: checkpoints carry its order and position (exact resume).
+        loader = StatefulDataLoader if train else DataLoader
+        return loader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
