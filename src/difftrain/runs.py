@@ -173,26 +173,31 @@ def _csv_history(path: Path) -> list[dict[str, float]]:
         ]
 
 
+def _wandb_run(path: str, name: str, status: str, config: dict, summary: dict, history) -> Run:
+    """A Run from what W&B keeps (offline file or API): config, summary and history rows."""
+    return Run(
+        path=path,
+        name=name,
+        status=status,
+        config=flatten({k: v for k, v in config.items() if k not in ("swept", "job_name")}),
+        swept=config.get("swept") or {},
+        metrics={k: float(v) for k, v in summary.items() if _is_metric(k, v)},
+        health={k[7:]: v for k, v in summary.items() if k.startswith("health/")},
+        history=[
+            {**row, "step": row.get("trainer/global_step", row.get("_step"))} for row in history
+        ],
+    )
+
+
 def read_wandb_dir(path: Path) -> Run:
     """A W&B offline run dir (offline-run-*), read without network or account."""
     from difftrain.tracking import read_offline_run
 
     data = read_offline_run(path)
-    summary = data["summary"]
-    history = [
-        {**row, "step": row.get("trainer/global_step", row.get("_step"))} for row in data["history"]
-    ]
+    config, summary = data["config"], data["summary"]
     status = summary.get("run/status") or summary.get("health/status") or "unknown"
-    return Run(
-        path=str(path),
-        name=data["config"].get("job_name") or path.name,
-        status=str(status).split(":")[0],
-        config=flatten({k: v for k, v in data["config"].items() if k not in ("swept", "job_name")}),
-        swept=data["config"].get("swept") or {},
-        metrics={k: float(v) for k, v in summary.items() if _is_metric(k, v)},
-        health={k[7:]: v for k, v in summary.items() if k.startswith("health/")},
-        history=history,
-    )
+    name = config.get("job_name") or path.name
+    return _wandb_run(str(path), name, str(status).split(":")[0], config, summary, data["history"])
 
 
 def _is_metric(key: str, value: Any) -> bool:
@@ -210,27 +215,8 @@ def read_wandb_api(project: str, group: str | None = None) -> list[Run]:
     filters = {"group": group} if group else None
     runs = []
     for r in wandb.Api().runs(project, filters=filters):
-        summary = (
-            dict(r.summary._json_dict) if hasattr(r.summary, "_json_dict") else dict(r.summary)
-        )
-        history = [
-            {**row, "step": row.get("trainer/global_step", row.get("_step"))}
-            for row in r.scan_history()
-        ]
-        runs.append(
-            Run(
-                path=r.url,
-                name=r.name,
-                status=r.state,
-                config=flatten(
-                    {k: v for k, v in r.config.items() if k not in ("swept", "job_name")}
-                ),
-                swept=r.config.get("swept") or {},
-                metrics={k: float(v) for k, v in summary.items() if _is_metric(k, v)},
-                health={k[7:]: v for k, v in summary.items() if k.startswith("health/")},
-                history=history,
-            )
-        )
+        summary = getattr(r.summary, "_json_dict", r.summary)
+        runs.append(_wandb_run(r.url, r.name, r.state, r.config, dict(summary), r.scan_history()))
     if not runs:
         raise ValueError(
             f"W&B project {project} has no runs" + (f" in group {group!r}" if group else "")
