@@ -107,3 +107,14 @@ def test_ensemble_averages_denoisers_and_rejects_other_architectures(
         cwd=tmp_path,
     )
     assert np.load(out)["images"].shape == (2, 16, 16, 1)
+
+
+def test_a_toy2d_checkpoint_samples_points_and_a_scatter_plot(tiny_multirun, tmp_path):
+    ckpt = tiny_multirun / "0" / "checkpoints" / "last.ckpt"
+    run_module("difftrain.sample", f"ckpt={ckpt}", "n=50", "out=points.npz", cwd=tmp_path)
+    saved = np.load(tmp_path / "points.npz")
+    assert saved["points"].shape == (50, 2) and np.isfinite(saved["points"]).all()
+    assert (tmp_path / "points.png").stat().st_size > 1000
+    model = load_trained(ckpt)
+    with pytest.raises(ValueError, match="draws 2-d points"):
+        model.sample(4)

@@ -33,7 +33,7 @@ class TrainedModel:
     def shape(self) -> tuple[int, ...]:
         return self.denoiser.net.sample_shape
 
-    def sample(
+    def generate(
         self,
         n: int,
         sampler: Sampler | None = None,
@@ -43,8 +43,9 @@ class TrainedModel:
         class_labels: Tensor | None = None,
         guidance: float = 1.0,
     ) -> tuple[Tensor, int]:
-        """n images as uint8 (n, H, W, C) from the EMA weights (default: the run's sampler), and the NFE."""
-        images, nfe = generate(
+        """n samples in the model's space, (n, *shape), from the EMA weights (default: the run's
+        sampler), and the NFE."""
+        return generate(
             self.denoiser,
             self.schedule,
             sampler or self.sampler,
@@ -57,6 +58,17 @@ class TrainedModel:
             guidance=guidance,
             null_label=self.denoiser.net.num_classes,
         )
+
+    def sample(
+        self, n: int, sampler: Sampler | None = None, **options: object
+    ) -> tuple[Tensor, int]:
+        """n images as uint8 (n, H, W, C), and the NFE; `options` as for `generate`."""
+        if len(self.shape) != 3:
+            raise ValueError(
+                f"this checkpoint draws {self.shape[0]}-d points ({self.config.data._target_}), not "
+                "images: use TrainedModel.generate (difftrain-sample writes them under `points`)"
+            )
+        images, nfe = self.generate(n, sampler, **options)
         return to_uint8(images, self.config.data.value_range), nfe
 
 

@@ -1,4 +1,5 @@
-"""difftrain-sample: draw images from a checkpoint's EMA weights into an npz (and a PNG grid).
+"""difftrain-sample: draw images (or toy2d points) from a checkpoint's EMA weights into an npz,
+with a PNG grid (or scatter plot) beside it.
 
 difftrain-sample ckpt=logs/train/runs/<run>/checkpoints/last.ckpt n=1000 out=samples.npz
 difftrain-sample ckpt=... sampler=ddim sampler.steps=20 seed=1
@@ -29,6 +30,8 @@ def sample(cfg: DictConfig) -> Path:
     folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
     """
     model = load_models(cfg.ckpt, resolve_device(cfg.device))
+    if len(model.shape) == 1:
+        return _sample_points(cfg, model)
     uint8, nfe, sampler, labels = draw(cfg, model, cfg.class_labels)
     extra = {"nfe": np.array(nfe), "seed": np.array(cfg.seed), "step": np.array(model.global_step)}
     if labels is not None:
@@ -41,6 +44,41 @@ def sample(cfg: DictConfig) -> Path:
         raise ValueError(f"format must be npz or png, got {cfg.format!r}")
     grid = save_grid(uint8[: cfg.grid_size], Path(cfg.out).with_suffix(".png"))
     print(f"wrote {cfg.n} samples ({sampler.steps} steps, NFE {nfe}) to {out} and a grid to {grid}")
+    return out
+
+
+def _sample_points(cfg: DictConfig, model: TrainedModel) -> Path:
+    """Low-dimensional (toy2d) checkpoints: float points (N, D) under `points`, a scatter plot beside."""
+    if cfg.format != "npz":
+        raise ValueError(
+            f"format={cfg.format} is for images; this checkpoint draws points: use format=npz"
+        )
+    sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
+    labels = class_labels(cfg.class_labels, cfg.n, model.denoiser.net.num_classes)
+    points, nfe = model.generate(
+        cfg.n,
+        sampler,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        class_labels=labels,
+        guidance=cfg.guidance,
+    )
+    points = points.cpu()
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        out,
+        points=points.numpy(),
+        nfe=np.array(nfe),
+        seed=np.array(cfg.seed),
+        step=np.array(model.global_step),
+    )
+    data = instantiate(model.config.data)
+    data.setup("fit")
+    plot = data.save_samples(points, out.with_suffix(".png"))
+    print(
+        f"wrote {cfg.n} points ({sampler.steps} steps, NFE {nfe}) to {out} and a scatter plot to {plot}"
+    )
     return out
 
 
