@@ -53,16 +53,7 @@ def _sample_points(cfg: DictConfig, model: TrainedModel) -> Path:
         raise ValueError(
             f"format={cfg.format} is for images; this checkpoint draws points: use format=npz"
         )
-    sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
-    labels = class_labels(cfg.class_labels, cfg.n, model.denoiser.net.num_classes)
-    points, nfe = model.generate(
-        cfg.n,
-        sampler,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        class_labels=labels,
-        guidance=cfg.guidance,
-    )
+    points, nfe, sampler, _ = draw(cfg, model, cfg.class_labels, images=False)
     points = points.cpu()
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,13 +74,17 @@ def _sample_points(cfg: DictConfig, model: TrainedModel) -> Path:
 
 
 def draw(
-    cfg: DictConfig, model: TrainedModel, requested_labels: Sequence[int] | None
+    cfg: DictConfig,
+    model: TrainedModel,
+    requested_labels: Sequence[int] | None,
+    images: bool = True,
 ) -> tuple[torch.Tensor, int, Sampler, torch.Tensor | None]:
-    """cfg.n uint8 samples (N, H, W, C) with cfg's sampler (else the run's), seed, batch size and
-    guidance; also the NFE, the sampler and the class labels used."""
+    """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance: uint8
+    images (N, H, W, C), or with images=False model-space samples (N, *shape); also the NFE, the
+    sampler and the class labels used."""
     sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
     labels = class_labels(requested_labels, cfg.n, model.denoiser.net.num_classes)
-    uint8, nfe = model.sample(
+    samples, nfe = (model.sample if images else model.generate)(
         cfg.n,
         sampler,
         seed=cfg.seed,
@@ -97,7 +92,7 @@ def draw(
         class_labels=labels,
         guidance=cfg.guidance,
     )
-    return uint8, nfe, sampler, labels
+    return samples, nfe, sampler, labels
 
 
 def class_labels(requested: Sequence[int] | None, n: int, num_classes: int) -> torch.Tensor | None:
