@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 
-from difftrain.compare import differing_keys, effects, main, ranked
+import pytest
+
+from difftrain.compare import choose_metric, compare, differing_keys, effects, main, ranked
 from difftrain.runs import Run, load_runs
 
 
@@ -63,3 +65,21 @@ def test_compare_mixes_run_dirs_and_wandb_runs(tiny_multirun, tmp_path):
         ]
     )
     assert "Best by eval/hq_share" in (tmp_path / "index.html").read_text()
+
+
+def evaluated(name: str, fid: float, extractor: str) -> Run:
+    result = run(name, 1e-3, 0.5)
+    result.metrics["eval/fid"] = fid
+    result.evaluation = {"extractor": extractor, "reference": "abc-16px-train", "num_samples": 1000}
+    return result
+
+
+def test_eval_metrics_of_different_extractors_are_not_ranked_together(tmp_path):
+    same = [evaluated("a", 3.0, "classifier-1"), evaluated("b", 2.0, "classifier-1")]
+    assert choose_metric(same, None) == "eval/fid"
+    mixed = [evaluated("a", 3.0, "classifier-1"), evaluated("b", 2.0, "classifier-2")]
+    assert choose_metric(mixed, None) == "val/loss"  # the default falls back
+    with pytest.raises(ValueError, match="2 different evaluation setups"):
+        choose_metric(mixed, "eval/fid")
+    page = compare(mixed, tmp_path).read_text()
+    assert "different evaluation setups" in page and "classifier-2" in page  # marked per run

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from tests.conftest import CACHE, run_module
 
 SMALL = [
-    "evaluator.classifier_images=2000",
+    "evaluator.classifier_images=10000",
     "evaluator.max_reference=300",
     "evaluator.kid_subset_size=50",
 ]
@@ -30,6 +31,7 @@ def test_eval_a_checkpoint_writes_eval_json(tiny_checkpoint, tmp_path):
     assert report["sampler"]["solver"]["_target_"] == "difftrain.diffusion.sample_dpmpp_2m"
     assert report["sampling_images_per_sec"] > 0 and report["feature_images_per_sec"] > 0
     assert "classifier_test_accuracy" in report and '"fid"' in result.stdout
+    assert report["extractor"].startswith("classifier-") and report["reference"].endswith("-train")
 
 
 def test_eval_a_sample_file_against_a_dataset(tmp_path):
@@ -43,3 +45,21 @@ def test_eval_a_sample_file_against_a_dataset(tmp_path):
     )  # fmt: skip
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["n"] == 100 and report["metrics"]["recall"] > 0
+
+
+def test_missing_inception_weights_fail_before_any_sampling(
+    tiny_checkpoint, tmp_path, make_cfg, monkeypatch
+):
+    import torch
+
+    import difftrain.evaluate as cli
+    from difftrain.evaluation import features
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(features, "URL_INCEPTION_V3", "http://127.0.0.1:9/weights.pth")
+    drawn = []
+    monkeypatch.setattr(cli, "_generate", lambda *a: drawn.append(1))
+    cfg = make_cfg(f"ckpt={tiny_checkpoint}", "evaluator=inception", config_name="eval")
+    with pytest.raises(RuntimeError, match="evaluator.inception_weights="):
+        cli.evaluate(cfg)
+    assert drawn == []

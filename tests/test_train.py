@@ -12,7 +12,7 @@ from PIL import Image
 
 from difftrain.tracking import read_offline_run
 from difftrain.train import train
-from tests.conftest import FAST, SHARED_DATA, run_module, write_mnist
+from tests.conftest import FAST, RANDOM_LABELS, SHARED_DATA, run_module, write_mnist
 
 
 def outputs(cfg) -> Path:
@@ -47,7 +47,7 @@ def test_digits_run_writes_checkpoint_grid_and_wandb_run(make_cfg):
 
 def test_mnist_run(make_cfg, tmp_path):
     root = write_mnist(tmp_path / "mnist")
-    train(make_cfg(*FAST, "data=mnist", f"data.dataset.root={root}", "logger=none"))
+    train(make_cfg(*FAST, "data=mnist", f"data.dataset.root={root}", RANDOM_LABELS, "logger=none"))
 
 
 @pytest.mark.skipif(
@@ -72,6 +72,7 @@ def test_cifar10_run(make_cfg, fake_cifar10):
             "data=cifar10",
             f"data.dataset.root={fake_cifar10}",
             "data.num_workers=0",
+            RANDOM_LABELS,
             "logger=none",
         )
     )
@@ -88,6 +89,7 @@ def test_image_folder_run(make_cfg, tmp_path):
         "data.image_size=16",
         "data.num_workers=0",
         "data.num_classes=2",
+        RANDOM_LABELS,
         "logger=none",
     )
     train(cfg)
@@ -137,6 +139,7 @@ def test_mnist_experiments_train(make_cfg, tmp_path, experiment):
         f"experiment={experiment}",
         "net=unet_tiny",
         f"data.dataset.root={root}",
+        RANDOM_LABELS,
         "logger=none",
     )
     assert train(cfg)["val/loss"] > 0

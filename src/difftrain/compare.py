@@ -77,11 +77,37 @@ def metric_keys(runs: Sequence[Run]) -> list[str]:
     return sorted(keys - set(SKIPPED_METRICS), key=lambda k: (k != "val/loss", k))
 
 
+def evaluation_id(run: Run) -> str:
+    """What a run's eval/* metrics were measured with (extractor, reference, sampler, n)."""
+    e = run.evaluation
+    return "/".join(str(e.get(k)) for k in ("extractor", "reference", "sampler", "num_samples"))
+
+
+def evaluation_ids(runs: Sequence[Run]) -> list[str]:
+    """The distinct evaluation setups of the runs that were evaluated."""
+    evaluated = [r for r in runs if any(k.startswith("eval/") for k in r.metrics)]
+    return sorted({evaluation_id(r) for r in evaluated})
+
+
 def choose_metric(runs: Sequence[Run], metric: str | None) -> str:
-    """The metric that ranks the runs: given, else eval/fid when evaluated, else val/loss."""
+    """The metric that ranks the runs: given, else eval/fid when evaluated, else val/loss.
+
+    eval/* metrics of runs scored with different feature extractors, references or evaluation
+    samplers do not compare: asked for, they are refused; by default val/loss ranks instead.
+    """
+    setups = evaluation_ids(runs)
     if metric:
+        if metric.startswith("eval/") and len(setups) > 1:
+            raise ValueError(
+                f"the runs' {metric} values come from {len(setups)} different evaluation setups "
+                f"(feature extractor/reference/sampler/samples: {setups}), so they do not rank. "
+                "Compare runs of one setup, re-score them with difftrain-eval, or use "
+                "--metric val/loss"
+            )
         return metric
-    return "eval/fid" if any("eval/fid" in r.metrics for r in runs) else "val/loss"
+    if any("eval/fid" in r.metrics for r in runs) and len(setups) == 1:
+        return "eval/fid"
+    return "val/loss"
 
 
 def ranked(runs: Sequence[Run], metric: str) -> list[Run]:
@@ -117,12 +143,14 @@ def effects(runs: Sequence[Run], keys: Sequence[str], metric: str) -> list[dict[
 def table_rows(
     runs: Sequence[Run], keys: Sequence[str], metrics: Sequence[str]
 ) -> list[dict[str, Any]]:
-    rows = []
+    rows, mixed = [], len(evaluation_ids(runs)) > 1
     for run in runs:
         row: dict[str, Any] = {"run": label(run), "status": run.status}
         row.update({k: value_of(run, k) for k in keys})
         row.update({m: run.metrics.get(m) for m in metrics})
         row.update({k: run.health.get(k) for k in HEALTH_KEYS})
+        if mixed:  # mark which runs' eval/* values compare
+            row["evaluation"] = evaluation_id(run)
         row["path"] = run.path
         rows.append(row)
     return rows
@@ -231,6 +259,12 @@ def _verdict(
         ordered = ", ".join(f"{v}: {m:.4g}" for v, m in row["means"].items())
         lines.append(
             f"{html.escape(row['key'])} moves mean {metric} by {row['spread']:.3g} ({html.escape(ordered)})"
+        )
+    setups = evaluation_ids(runs)
+    if len(setups) > 1:
+        lines.append(
+            f"The eval/* metrics come from {len(setups)} different evaluation setups (column "
+            "'evaluation'): they do not compare across setups, so val/loss ranks by default."
         )
     bad = [r for r in runs if r.status != "finished"]
     if bad:

@@ -67,21 +67,22 @@ def evaluate(cfg: DictConfig) -> dict:
             "pass exactly one of ckpt=PATH (generate samples) or samples=FILE.npz (score a file)"
         )
     device = resolve_device(cfg.device)
-    if cfg.ckpt is not None:
-        model = load_models(cfg.ckpt, device)
-        images, info = _generate(cfg, model)
-        if cfg.get("data") is None:  # the reference data is the checkpoint's training data
-            with open_dict(cfg):
-                cfg.data = model.config.data
-    else:
-        if cfg.get("data") is None:
+    model = load_models(cfg.ckpt, device) if cfg.ckpt is not None else None
+    if cfg.get("data") is None:
+        if model is None:
             raise ValueError(
                 "samples=... needs the reference dataset: add data=<option> (e.g. data=mnist)"
             )
-        images, info = _load_samples(cfg.samples, cfg.n), {"samples": str(cfg.samples)}
+        with open_dict(cfg):  # the reference data is the checkpoint's training data
+            cfg.data = model.config.data
 
+    # The extractor and the reference first: a missing weight file fails before any sampling.
     evaluator = instantiate(cfg.evaluator)
     evaluator.setup(device)
+    if model is not None:
+        images, info = _generate(cfg, model)
+    else:
+        images, info = _load_samples(cfg.samples, cfg.n), {"samples": str(cfg.samples)}
     start = time.perf_counter()
     results = evaluator(images, seed=cfg.seed)
     info["feature_images_per_sec"] = len(images) / (time.perf_counter() - start)

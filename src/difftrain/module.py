@@ -63,6 +63,7 @@ class DiffusionModule(L.LightningModule):
     ):
         super().__init__()
         check_compatible(schedule, objective)
+        sampler.check(schedule)
         if augment is not None and getattr(net, "augment_dim", 0) != augment.label_dim:
             raise ValueError(
                 f"augmentation labels have {augment.label_dim} values but net.augment_dim="

@@ -66,6 +66,7 @@ class Run:
     swept: dict[str, str] = field(default_factory=dict)  # swept key -> value, in a multirun
     metrics: dict[str, float] = field(default_factory=dict)  # final: val/loss, eval/fid, ...
     health: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # extractor, reference, sampler, n
     history: list[dict[str, float]] = field(default_factory=list)  # rows with "step"
     checkpoint: str | None = None
     samples: str | None = None  # the latest sample grid (or scatter plot)
@@ -129,6 +130,7 @@ def read_run_dir(path: Path) -> Run:
             if v is not None
         },
         health=summary.get("health") or health,
+        evaluation=summary.get("evaluation") or {},
         history=history,
         checkpoint=str(checkpoint) if checkpoint.exists() else None,
         samples=str(grids[-1]) if grids else None,
@@ -183,6 +185,7 @@ def _wandb_run(path: str, name: str, status: str, config: dict, summary: dict, h
         swept=config.get("swept") or {},
         metrics={k: float(v) for k, v in summary.items() if _is_metric(k, v)},
         health={k[7:]: v for k, v in summary.items() if k.startswith("health/")},
+        evaluation={k[11:]: v for k, v in summary.items() if k.startswith("evaluation/")},
         history=[
             {**row, "step": row.get("trainer/global_step", row.get("_step"))} for row in history
         ],

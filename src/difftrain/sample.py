@@ -83,6 +83,7 @@ def draw(
     images (N, H, W, C), or with images=False model-space samples (N, *shape); also the NFE, the
     sampler and the class labels used."""
     sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.sampler
+    sampler.check(model.schedule)
     labels = class_labels(requested_labels, cfg.n, model.denoiser.net.num_classes)
     samples, nfe = (model.sample if images else model.generate)(
         cfg.n,

@@ -71,6 +71,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     finally:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         health = next((cb.summary for cb in callbacks if isinstance(cb, TrainingHealth)), {})
+        evaluation = next((cb.identity for cb in callbacks if isinstance(cb, Evaluate)), {})
         minutes = (time.perf_counter() - start) / 60
         if trainer.is_global_zero:
             write_summary(
@@ -81,9 +82,11 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
                 minutes=minutes,
                 metrics=metrics,
                 health={k: v for k, v in health.items() if k != "val_losses"},
+                evaluation=evaluation,
             )
         if wandb.run is not None:
             wandb.run.summary["run/status"] = status
+            wandb.run.summary.update({f"evaluation/{k}": v for k, v in evaluation.items()})
             wandb_dir = Path(wandb.run.dir).parent
             wandb.finish()
 

@@ -111,7 +111,8 @@ def run_diffusers(scheduler, model, latents, steps, seed=0):
 def run_ours(solver, steps, spacing, vp, seed=0):
     """Our trajectory (VE form) and initial sample; vp: start from LATENTS as a VP sample."""
     net, trajectory = FixedEps(), []
-    sigmas = Sampler(solver, steps=steps, spacing=spacing).sigmas(SCHEDULE)
+    # diffusers starts at the schedule's top (157 here); difftrain's default caps it at 80.
+    sigmas = Sampler(solver, steps=steps, spacing=spacing, sigma_max=None).sigmas(SCHEDULE)
     x = LATENTS * (1 + sigmas[0] ** 2).sqrt() if vp else LATENTS * sigmas[0]
     solver(
         Denoiser(net, EpsObjective()),

@@ -72,7 +72,7 @@ def test_reference_features_are_cached(tmp_path, monkeypatch):
     import difftrain.evaluation.evaluator as module
 
     datasets = partial(ds.digits, image_size=16)
-    first = Evaluator(datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=3000)
+    first = Evaluator(datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=10_000)
     first.setup()
     assert first.info["reference_cached"] is False
     calls = []
@@ -80,7 +80,7 @@ def test_reference_features_are_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(
         module, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
-    second = Evaluator(datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=3000)
+    second = Evaluator(datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=10_000)
     second.setup()
     assert (
         second.info["reference_cached"] is True and calls == []

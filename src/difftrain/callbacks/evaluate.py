@@ -9,6 +9,7 @@ import torch
 
 from difftrain.diffusion import Sampler
 from difftrain.diffusion.generate import generate
+from difftrain.diffusion.samplers import solver_function
 from difftrain.evaluation import Evaluator, ToyEvaluator
 from difftrain.evaluation.features import FeatureSet
 
@@ -37,7 +38,24 @@ class Evaluate(L.Callback):
         self.validations, self.seconds, self.setup_seconds = 0, 0.0, 0.0
         self.last: dict[str, object] = {}
 
+    @property
+    def identity(self) -> dict[str, object]:
+        """What the scores depend on besides the model: extractor, reference, sampler, n.
+
+        Runs whose identities differ have eval/* metrics that do not compare.
+        """
+        if not self.evaluator.info:
+            return {}
+        return {
+            "extractor": self.evaluator.info.get("extractor"),
+            "reference": self.evaluator.info.get("reference"),
+            "sampler": f"{solver_function(self.sampler.solver).__name__}-{self.sampler.steps}"
+            f"-{self.sampler.spacing}-{self.sampler.sigma_max}",
+            "num_samples": self.num_samples,
+        }
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sampler.check(pl_module.schedule)
         start = time.perf_counter()
         # Training the classifier seeds and draws random numbers; a cache hit does not. Forking the
         # generators keeps the training run the same either way.

@@ -176,21 +176,57 @@ class _CountingDenoiser:
         return self.denoiser(x, sigma, class_labels)
 
 
+# Multistep solvers extrapolate from the previous step; they need steps of similar length in
+# log sigma. The smooth grids (karras, trailing, and every spacing of a continuous schedule) keep
+# consecutive steps within a factor of 1.7 of each other; leading and linspace over a discrete
+# schedule end with a jump from t = 1/steps to t = 0 that is 3.3 to 4.9 times the step before it,
+# where DPM-Solver++(2M) overshoots (tests/diffusion/test_sampler_matrix.py measures it).
+MAX_STEP_GROWTH = 2.5
+
+
 @dataclass(frozen=True)
 class Sampler:
     """A solver with its step count and noise-level spacing: what `conf/sampler/*.yaml` builds.
 
     spacing: leading, trailing or linspace over a discrete schedule's training steps (as diffusers),
     linspace over t for a continuous one, or karras (rho-spaced sigmas, Karras et al. 2022, Eq. 5).
+
+    No sampler starts above `sigma_max` (None: the schedule's top). 80 is EDM's choice for data
+    in [-1, 1]: the signal-to-noise ratio there is below 2e-4, so starting higher changes nothing
+    but wastes steps, and it multiplies an eps-prediction net's error by sigma. The discrete
+    cosine schedule tops out at sigma 4096: 10 Karras steps from there spent 4 evaluations above
+    sigma 140, and an eps-net trained 500 steps on digits drew 99.8% of its samples as one digit
+    (FID 265); from 80 the same checkpoint scores FID 9.6, class entropy 0.96 (its DDIM-50: 7.1,
+    0.98). Karras spacing runs from min(sigma_max, sigma(1)); in the other spacings the levels
+    above sigma_max merge into one, so NFE may be lower than `steps`.
     """
 
     solver: Callable[..., Tensor]
     steps: int = 50
     spacing: str = "leading"
     rho: float = 7.0
+    sigma_max: float | None = 80.0
 
     def sigmas(self, schedule: NoiseSchedule) -> Tensor:
-        return schedule.sampling_sigmas(self.steps, self.spacing, self.rho)
+        return schedule.sampling_sigmas(self.steps, self.spacing, self.rho, self.sigma_max)
+
+    def check(self, schedule: NoiseSchedule) -> None:
+        """Refuse a solver x schedule x spacing combination that cannot sample correctly."""
+        sigmas = self.sigmas(schedule).double()
+        if self.sigma_max is not None and self.sigma_max <= 0:
+            raise ValueError(f"sampler.sigma_max must be > 0 (or null), got {self.sigma_max}")
+        if solver_function(self.solver) not in MULTISTEP:
+            return
+        h = (sigmas[:-2] / sigmas[1:-1]).log()  # log-sigma steps, the final step to 0 aside
+        growth = (h[1:] / h[:-1]).max().item() if len(h) > 1 else 1.0
+        if growth > MAX_STEP_GROWTH:
+            name = solver_function(self.solver).__name__.removeprefix("sample_")
+            raise ValueError(
+                f"sampler {name} with spacing={self.spacing} and {self.steps} steps over "
+                f"{type(schedule).__name__}: one step in log sigma is {growth:.1f}x the one before "
+                f"(more than {MAX_STEP_GROWTH}), where its second-order extrapolation overshoots "
+                "and the samples come out distorted. Use sampler.spacing=trailing or karras"
+            )
 
     def __call__(
         self,
@@ -210,3 +246,13 @@ class Sampler:
             counting, x, sigmas, class_labels=class_labels, generator=generator, callback=callback
         )
         return x, counting.nfe
+
+
+MULTISTEP = (sample_dpmpp_2m, sample_dpmpp_2m_sde)
+
+
+def solver_function(solver: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """The sampling function behind a solver (configs give a functools.partial of it)."""
+    while hasattr(solver, "func"):
+        solver = solver.func
+    return solver

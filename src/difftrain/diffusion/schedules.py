@@ -64,18 +64,38 @@ class NoiseSchedule:
             return torch.linspace(1, 0, steps, dtype=torch.float64)
         raise ValueError(f"unknown spacing {spacing!r}: use leading, trailing, linspace or karras")
 
-    def sampling_sigmas(self, steps: int, spacing: str = "linspace", rho: float = 7.0) -> Tensor:
-        """Decreasing noise levels for a sampler: `steps` levels, then a final 0; shape (steps + 1,).
+    def sampling_sigmas(
+        self,
+        steps: int,
+        spacing: str = "linspace",
+        rho: float = 7.0,
+        sigma_max: float | None = None,
+    ) -> Tensor:
+        """Decreasing noise levels for a sampler: at most `steps` levels, then a final 0.
 
-        spacing="karras" spaces them between sigma(0) and sigma(1) by Karras et al. 2022, Eq. 5.
+        spacing="karras" spaces `steps` levels between sigma(0) and min(sigma(1), sigma_max) by
+        Karras et al. 2022, Eq. 5. The other spacings take the schedule's own levels up to
+        sigma_max (see `cap_sigmas`), so there may be fewer than `steps`.
         """
         if spacing == "karras":
             _check_steps(steps)
             lo, hi = self.sigma(torch.tensor([0.0, 1.0], dtype=torch.float64)).tolist()
-            sigmas = karras_sigmas(lo, hi, steps, rho)
+            sigmas = karras_sigmas(lo, hi if sigma_max is None else min(hi, sigma_max), steps, rho)
         else:
-            sigmas = self.sigma(self.timesteps(steps, spacing).double())
+            sigmas = cap_sigmas(self.sigma(self.timesteps(steps, spacing).double()), sigma_max)
         return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def cap_sigmas(sigmas: Tensor, sigma_max: float | None) -> Tensor:
+    """Decreasing levels without those above sigma_max. Where that leaves the top level below
+    sigma_max / 2, the dropped levels are replaced by one at sigma_max, so sampling still starts
+    where the data is invisible and no step is much shorter than the next."""
+    if sigma_max is None or sigmas[0] <= sigma_max:
+        return sigmas
+    below = sigmas[sigmas <= sigma_max]
+    if len(below) and below[0] >= sigma_max / 2:
+        return below
+    return torch.cat([below.new_full((1,), sigma_max), below])
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> Tensor:

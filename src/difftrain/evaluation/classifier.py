@@ -21,6 +21,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 
 log = logging.getLogger(__name__)
 CLASSIFIER = "difftrain-classifier"
+CLASSIFIER_VERSION = 1  # part of the cache key: bump it when Classifier or its training changes
 
 
 class Classifier(nn.Module):
@@ -149,7 +150,8 @@ def load_or_train_classifier(
     """The cached classifier for `key` (trained on first use); its weights file and test accuracy."""
     if num_classes < 2:
         raise ValueError(
-            "feature=classifier needs a labelled dataset (data.num_classes >= 2); use feature=inception"
+            "evaluator=classifier needs a labelled dataset (data.num_classes >= 2, got "
+            f"{num_classes}); set data.num_classes, or use evaluator=inception"
         )
     path = Path(cache_dir) / "classifiers" / f"{key}.pt"
     if path.is_file():

@@ -13,7 +13,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from difftrain.evaluation.classifier import CLASSIFIER, load_or_train_classifier
+from difftrain.evaluation.classifier import (
+    CLASSIFIER,
+    CLASSIFIER_VERSION,
+    load_or_train_classifier,
+)
 from difftrain.evaluation.features import (
     INCEPTION,
     FeatureSet,
@@ -31,15 +35,17 @@ FEATURES = {"inception": INCEPTION, "classifier": CLASSIFIER}
 def dataset_uint8(dataset: Dataset, limit: int | None = None) -> Tensor:
     """The images of a dataset of (image in [0, 1], label) as uint8 (N, C, H, W)."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
+    held = getattr(dataset, "images", None)  # in-memory datasets keep uint8 images already
+    if isinstance(held, Tensor) and held.dtype == torch.uint8:
+        return held[:n]
     return torch.stack([(dataset[i][0] * 255).round().to(torch.uint8) for i in range(n)])
 
 
 def fingerprint(images: Tensor) -> str:
     """A short content hash of a uint8 image set: count plus 16 evenly spaced images."""
     picks = images[torch.linspace(0, len(images) - 1, 16).long()]
-    return hashlib.sha1(f"{tuple(images.shape)}".encode() + picks.numpy().tobytes()).hexdigest()[
-        :10
-    ]
+    digest = hashlib.sha1(f"{tuple(images.shape)}".encode() + picks.numpy().tobytes())
+    return digest.hexdigest()[:10]
 
 
 class Evaluator:
@@ -47,8 +53,11 @@ class Evaluator:
 
     feature="classifier" trains (once, then cached) a small CNN on the dataset's train split and
     also reports class coverage; feature="inception" is torch-fidelity's standard Inception-v3.
-    Reference features are computed once per (dataset content, split, resolution, extractor)
-    and cached under `cache_dir`; `setup` says whether it reused them.
+    A classifier whose held-out accuracy is below `min_accuracy` is refused: its features would
+    not tell the classes apart, and FID on them drops towards 0 for any samples. Reference
+    features are computed once per (dataset content, split, resolution, extractor) and cached
+    under `cache_dir`; `setup` says whether it reused them. `info` names the extractor and the
+    reference by fingerprint: only metrics with the same two compare.
     """
 
     def __init__(
@@ -62,6 +71,7 @@ class Evaluator:
         cache_dir: str = ".cache",
         inception_weights: str | None = None,
         classifier_images: int = 100_000,
+        min_accuracy: float = 0.95,
         coverage_threshold: float = 0.5,
         kid_subset_size: int = 1000,
         batch_size: int = 256,
@@ -74,13 +84,17 @@ class Evaluator:
             raise ValueError(
                 "the Inception Score needs evaluator.feature=inception; drop isc from metrics"
             )
+        if not 0 <= min_accuracy <= 1:
+            raise ValueError(f"evaluator.min_accuracy must be in [0, 1], got {min_accuracy}")
         self.datasets, self.num_classes, self.feature = datasets, num_classes, feature
         self.metrics, self.split, self.max_reference = list(metrics), split, max_reference
         self.cache_dir, self.inception_weights = Path(cache_dir), inception_weights
-        self.classifier_images, self.coverage_threshold = classifier_images, coverage_threshold
+        self.classifier_images, self.min_accuracy = classifier_images, min_accuracy
+        self.coverage_threshold = coverage_threshold
         self.kid_subset_size, self.batch_size = kid_subset_size, batch_size
         self.extractor = None
         self.reference: FeatureSet | None = None
+        self.image_shape: tuple[int, ...] | None = None
         self.info: dict[str, object] = {}
 
     def setup(self, device: torch.device | str = "cpu") -> None:
@@ -88,25 +102,18 @@ class Evaluator:
         if self.extractor is not None:
             self.extractor.to(device)
             return
-        reference_images = dataset_uint8(self.datasets(self.split), self.max_reference)
-        _, channels, size, _ = reference_images.shape
-        data_key = f"{fingerprint(reference_images)}-{size}px"
-        if self.feature == "classifier":
-            train_size = len(self.datasets("train"))
-            epochs = max(1, math.ceil(self.classifier_images / train_size))
-            weights, accuracy = load_or_train_classifier(
-                data_key, self.cache_dir, self.datasets, channels, self.num_classes, epochs
-            )
-            self.info["classifier_test_accuracy"] = accuracy
-        else:
-            weights = inception_weights(self.inception_weights)
-        self.extractor = build_extractor(FEATURES[self.feature], weights, device)
-
-        path = (
-            self.cache_dir
-            / "reference"
-            / f"{data_key}-{self.split}-{self.feature}-{file_digest(weights)}.pt"
+        weights = (
+            self._classifier()
+            if self.feature == "classifier"
+            else inception_weights(self.inception_weights)
         )
+        self.extractor = build_extractor(FEATURES[self.feature], weights, device)
+        self.info["extractor"] = f"{self.feature}-{file_digest(weights)}"
+
+        reference_images = dataset_uint8(self.datasets(self.split), self.max_reference)
+        self.image_shape = tuple(reference_images.shape[1:])
+        reference_key = f"{fingerprint(reference_images)}-{self.image_shape[-1]}px-{self.split}"
+        path = self.cache_dir / "reference" / f"{reference_key}-{self.info['extractor']}.pt"
         if path.is_file():
             self.reference = FeatureSet.load(path)
             log.info("reusing cached reference features %s (%d images)", path, len(self.reference))
@@ -124,18 +131,56 @@ class Evaluator:
             )
             self.info["reference_cached"] = False
         self.info.update(
-            feature=self.feature, reference_split=self.split, reference_images=len(self.reference)
+            feature=self.feature,
+            reference=reference_key,
+            reference_split=self.split,
+            reference_images=len(self.reference),
         )
+
+    def _classifier(self) -> Path:
+        """The weights of the dataset's classifier (cached, or trained now); refuses a weak one."""
+        train = dataset_uint8(self.datasets("train"))
+        epochs = max(1, math.ceil(self.classifier_images / len(train)))
+        key = (
+            f"{fingerprint(train)}-{train.shape[-1]}px-v{CLASSIFIER_VERSION}"
+            f"-{self.classifier_images}img-{epochs}ep"
+        )
+        weights, accuracy = load_or_train_classifier(
+            key, self.cache_dir, self.datasets, train.shape[1], self.num_classes, epochs
+        )
+        self.info["classifier_test_accuracy"] = accuracy
+        if accuracy < self.min_accuracy:
+            raise ValueError(
+                f"the evaluation classifier ({weights}) reaches only {accuracy:.3f} accuracy on the "
+                f"held-out split, below evaluator.min_accuracy={self.min_accuracy}: features that "
+                "cannot tell the classes apart make FID small for any samples and class coverage "
+                "meaningless. Train it on more images (evaluator.classifier_images), check the "
+                "labels (data.num_classes), or use evaluator=inception"
+            )
+        return weights
+
+    def check_images(self, images: Tensor) -> None:
+        """Refuse images whose shape differs from the reference's: FID would mostly measure that."""
+        if self.image_shape is not None and tuple(images.shape[1:]) != self.image_shape:
+            c, h, w = self.image_shape
+            raise ValueError(
+                f"samples are {tuple(images.shape[1:])} (C, H, W) but the reference images are "
+                f"{self.image_shape}: their features differ whatever the content (28 px MNIST "
+                f"against the 32 px reference scores FID 4.3 for real digits). Fix: give "
+                f"{w}x{h} images with {c} channels, or set data.image_size to the samples' size"
+            )
 
     def features(self, samples: Tensor, datamodule: object) -> FeatureSet:
         """Features of model-range samples, made images by the datamodule's exact inverse."""
         uint8 = datamodule.to_uint8(samples).permute(0, 3, 1, 2)
+        self.check_images(uint8)
         return extract_features(self.extractor, uint8, self.batch_size)
 
     def __call__(self, images: Tensor, seed: int = 0) -> dict[str, object]:
         """Metrics of uint8 images (N, C, H, W), plus class coverage with the classifier."""
         if self.extractor is None:
             self.setup()
+        self.check_images(images)
         features = extract_features(self.extractor, images, self.batch_size)
         return self.score(features, seed)
 

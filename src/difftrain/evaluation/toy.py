@@ -18,7 +18,12 @@ class ToyEvaluator:
         self.kind, self.std, self.min_share = kind, std, min_share
         self.centers = toy_centers(kind, num_modes, scale)
         self.curve = toy_centers(kind, 2000, scale) if kind == "swiss_roll" else self.centers
-        self.info: dict[str, object] = {"feature": "toy2d"}
+        data = f"{kind}-{num_modes}-{scale:g}-{std:g}"
+        self.info: dict[str, object] = {
+            "feature": "toy2d",
+            "extractor": f"toy2d-{min_share:g}",
+            "reference": data,
+        }
 
     def setup(self, device: torch.device | str = "cpu") -> None:
         """Nothing to prepare: the modes are known."""
