@@ -27,10 +27,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from difftrain.config import CONFIG_DIR
-from difftrain.diffusion import (
-    Denoiser,
-    EpsObjective,
-    LinearSchedule,
+from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.objectives import EpsObjective
+from difftrain.diffusion.samplers import (
     Sampler,
     sample_ddim,
     sample_dpmpp_2m,
@@ -39,6 +38,7 @@ from difftrain.diffusion import (
     sample_euler_ancestral,
     sample_heun,
 )
+from difftrain.diffusion.schedules import LinearSchedule
 
 COMMON = dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000)
 PAIRS = {  # ours, diffusers' scheduler, the spacing both use

@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from difftrain.checkpoint import load_trained
+from difftrain.cli.sample import class_labels
 from difftrain.config import CONFIG_DIR
-from difftrain.images import save_grid
-from difftrain.sample import class_labels
+from difftrain.data.images import save_grid
+from difftrain.runs.pretrained import load_trained
 
 SAMPLERS = ["ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
 

@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from difftrain.config import CONFIG_DIR
-from difftrain.diffusion import CosineSchedule, Denoiser, EpsObjective
-from difftrain.diffusion.loss import denoising_loss
+from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.objectives import EpsObjective
+from difftrain.diffusion.schedules import CosineSchedule
 
 
 def measure(
@@ -34,7 +35,7 @@ def measure(
 
     def step() -> None:
         sigma = schedule.sigma(torch.rand(batch_size))
-        loss = denoising_loss(denoiser, x0, sigma, torch.randn_like(x0)).mean()
+        loss = denoiser.error(x0, sigma, torch.randn_like(x0))[0].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

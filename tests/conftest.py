@@ -33,6 +33,9 @@ FAST = [
     "evaluator.max_reference=200",
     "evaluator.kid_subset_size=40",
 ]
+# Fault injection (conf/debug/faults.yaml) beside the fast debug settings; choose the steps with
+# callbacks.fault_injection.nan_steps=[...].
+FAULTS = "debug=[fast,faults]"
 # Random images with random labels: no classifier learns them, so the evaluation's accuracy floor
 # would (rightly) refuse its features. Runs on such data switch the floor off.
 RANDOM_LABELS = "evaluator.min_accuracy=0"
@@ -59,7 +62,7 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def _train_tiny(tmp_path: Path, *overrides: str) -> Path:
-    from difftrain.train import train
+    from difftrain.cli.train import train
 
     cfg = compose_cfg(tmp_path, *FAST, "logger=none", *overrides)
     train(cfg)
@@ -145,6 +148,7 @@ TINY_TOY = [
     "callbacks.guard.max_nonfinite=2",
     "callbacks.guard.max_rollbacks=1",
     "~callbacks.progress_bar",
+    "debug=faults",  # its default steps lie beyond these 24
 ]
 DIVERGING = "[" + ",".join(str(s) for s in range(2, 24)) + "]"
 
@@ -166,7 +170,7 @@ def tiny_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("multirun")
     sweep = root / "sweep"
     run_module(
-        "difftrain.train", "-m", *TINY_TOY, f"model.fault_nan_steps=[],{DIVERGING}",
+        "difftrain.cli.train", "-m", *TINY_TOY, f"callbacks.fault_injection.nan_steps=[],{DIVERGING}",
         "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}", cwd=root,
     )  # fmt: skip
     return sweep

@@ -14,14 +14,18 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from difftrain.config import CONFIG_DIR
-from difftrain.diffusion import Denoiser, NoiseSchedule, Objective, Sampler
-from difftrain.module import DiffusionModule
+from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.objectives import Objective
+from difftrain.diffusion.samplers import Sampler
+from difftrain.diffusion.schedules import NoiseSchedule
+from difftrain.training.module import DiffusionModule
 
 CONF = Path(CONFIG_DIR)
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """A group's options; files starting with _ are shared bases, not options."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def test_groups_mirror_the_issue_list():

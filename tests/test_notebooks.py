@@ -37,7 +37,7 @@ def test_compare_runs_notebook_picks_the_best_run_and_samples_it(
     text = "".join(
         o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
     )
-    assert "diverged" in text and "best: model.fault_nan_steps=[]" in text
+    assert "diverged" in text and "best: callbacks.fault_injection.nan_steps=[]" in text
 
 
 def test_noise_schedules_notebook_draws_the_schedules(tmp_path):

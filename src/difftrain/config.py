@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import difftrain.sweep  # noqa: F401  registers the ${job:...} resolver the configs use
+import difftrain.runs.sweep  # noqa: F401  registers the ${job:...} resolver the configs use
 
 
 def config_dir() -> Path:

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from difftrain.data import ImageDataModule, to_model_range, to_uint8
 from difftrain.data import datasets as ds
+from difftrain.data.datamodule import ImageDataModule
+from difftrain.data.transforms import to_model_range, to_uint8
 from tests.conftest import SHARED_DATA, write_mnist
 
 

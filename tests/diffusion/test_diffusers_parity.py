@@ -9,20 +9,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difftrain.diffusion import (
-    CosineSchedule,
-    Denoiser,
-    EpsObjective,
-    LinearSchedule,
+from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.objectives import EpsObjective
+from difftrain.diffusion.samplers import (
     Sampler,
-    ScaledLinearSchedule,
     sample_ddim,
     sample_dpmpp_2m,
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
 )
-from difftrain.diffusion.schedules import rescale_zero_terminal_snr
+from difftrain.diffusion.schedules import (
+    CosineSchedule,
+    LinearSchedule,
+    ScaledLinearSchedule,
+    rescale_zero_terminal_snr,
+)
 
 diffusers = pytest.importorskip("diffusers")
 

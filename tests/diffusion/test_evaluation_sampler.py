@@ -17,9 +17,13 @@ import torch
 from hydra.utils import instantiate
 
 from difftrain.data.toy2d import toy_points
-from difftrain.diffusion import Denoiser, DenoisingLoss, LogNormal, Sampler, Uniform, UniformT
-from difftrain.evaluation import ToyEvaluator
-from difftrain.nets import MLP
+from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.loss import DenoisingLoss
+from difftrain.diffusion.noise_levels import LogNormal, UniformT
+from difftrain.diffusion.samplers import Sampler
+from difftrain.diffusion.weighting import Uniform
+from difftrain.evaluation.toy import ToyEvaluator
+from difftrain.nets.mlp import MLP
 from tests.conftest import compose_cfg
 
 SCHEDULES = ("cosine", "linear", "scaled_linear", "sigmoid", "edm")

@@ -1,47 +1,64 @@
-"""Classifier-free guidance as a denoiser wrapper."""
+"""Classifier-free guidance as a denoiser wrapper, over the conditioning mapping."""
 
 from __future__ import annotations
 
 import torch
 
-from difftrain.diffusion import (
-    ClassifierFreeGuidance,
-    CosineSchedule,
-    Sampler,
-    sample_dpmpp_2m,
-    sample_heun,
-)
+from difftrain.diffusion.guidance import ClassifierFreeGuidance
+from difftrain.diffusion.samplers import Sampler, sample_dpmpp_2m, sample_heun
+from difftrain.diffusion.schedules import CosineSchedule
+from difftrain.nets.layers import null_class
 
 
-def toy_denoiser(x, sigma, labels):
+def toy_denoiser(x, sigma, cond):
     """Pulls x towards its label (the null label 10 pulls towards 0)."""
+    labels = cond["class_labels"]
     target = torch.where(labels == 10, 0.0, labels.float()).view(-1, 1, 1, 1)
     return x * 0.5 + target * 0.5
 
 
+def null_cond(cond):
+    return null_class(cond, 10)
+
+
 def test_scale_one_is_conditional_and_zero_is_unconditional():
-    x, sigma, labels = torch.randn(4, 1, 2, 2), torch.tensor(1.0), torch.tensor([1, 2, 3, 4])
+    x, sigma = torch.randn(4, 1, 2, 2), torch.tensor(1.0)
+    cond = {"class_labels": torch.tensor([1, 2, 3, 4])}
+    null = {"class_labels": torch.full((4,), 10)}
     torch.testing.assert_close(
-        ClassifierFreeGuidance(toy_denoiser, 1.0, 10)(x, sigma, labels),
-        toy_denoiser(x, sigma, labels),
+        ClassifierFreeGuidance(toy_denoiser, 1.0, null_cond)(x, sigma, cond),
+        toy_denoiser(x, sigma, cond),
     )
-    null = torch.full_like(labels, 10)
     torch.testing.assert_close(
-        ClassifierFreeGuidance(toy_denoiser, 0.0, 10)(x, sigma, labels),
+        ClassifierFreeGuidance(toy_denoiser, 0.0, null_cond)(x, sigma, cond),
         toy_denoiser(x, sigma, null),
     )
-    guided = ClassifierFreeGuidance(toy_denoiser, 3.0, 10)(x, sigma, labels)
+    guided = ClassifierFreeGuidance(toy_denoiser, 3.0, null_cond)(x, sigma, cond)
     expected = toy_denoiser(x, sigma, null) + 3 * (
-        toy_denoiser(x, sigma, labels) - toy_denoiser(x, sigma, null)
+        toy_denoiser(x, sigma, cond) - toy_denoiser(x, sigma, null)
     )
     torch.testing.assert_close(guided, expected)
 
 
+def test_every_conditioning_tensor_is_doubled_for_the_batched_call():
+    seen = []
+
+    def denoiser(x, sigma, cond):
+        seen.append({k: v.shape for k, v in cond.items()})
+        return toy_denoiser(x, sigma, cond)
+
+    text = torch.randn(3, 5, 8)  # a kind of conditioning nothing here knows about
+    cond = {"class_labels": torch.tensor([1, 2, 3]), "text": text}
+    guided = ClassifierFreeGuidance(denoiser, 2.0, lambda c: {**null_cond(c), "text": 0 * text})
+    guided(torch.randn(3, 1, 2, 2), torch.tensor(1.0), cond)
+    assert seen == [{"class_labels": (6,), "text": (6, 5, 8)}]
+
+
 def test_guidance_works_with_every_sampler_signature():
-    labels = torch.tensor([2, 2])
+    cond = {"class_labels": torch.tensor([2, 2])}
     for solver in (sample_heun, sample_dpmpp_2m):
-        guided = ClassifierFreeGuidance(toy_denoiser, 2.0, 10)
+        guided = ClassifierFreeGuidance(toy_denoiser, 2.0, null_cond)
         x, nfe = Sampler(solver, steps=5, spacing="karras")(
-            guided, torch.randn(2, 1, 2, 2), CosineSchedule(), class_labels=labels
+            guided, torch.randn(2, 1, 2, 2), CosineSchedule(), cond=cond
         )
         assert torch.isfinite(x).all() and nfe > 0

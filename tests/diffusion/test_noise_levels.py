@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difftrain.diffusion import (
-    CosineSchedule,
-    EDMSchedule,
-    LogitNormal,
-    LogNormal,
-    LossSecondMoment,
-    UniformT,
-)
+from difftrain.diffusion.noise_levels import LogitNormal, LogNormal, LossSecondMoment, UniformT
+from difftrain.diffusion.schedules import CosineSchedule, EDMSchedule
 
 torch.manual_seed(0)
 

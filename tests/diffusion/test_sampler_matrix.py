@@ -15,13 +15,8 @@ import itertools
 import pytest
 import torch
 
-from difftrain.diffusion import (
-    CosineSchedule,
-    EDMSchedule,
-    LinearSchedule,
+from difftrain.diffusion.samplers import (
     Sampler,
-    ScaledLinearSchedule,
-    SigmoidSchedule,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -29,6 +24,13 @@ from difftrain.diffusion import (
     sample_euler,
     sample_euler_ancestral,
     sample_heun,
+)
+from difftrain.diffusion.schedules import (
+    CosineSchedule,
+    EDMSchedule,
+    LinearSchedule,
+    ScaledLinearSchedule,
+    SigmoidSchedule,
 )
 
 MEANS = torch.tensor([[-0.6, -0.4], [0.5, -0.5], [0.0, 0.6]])

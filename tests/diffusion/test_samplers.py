@@ -7,10 +7,12 @@ import math
 import pytest
 import torch
 
-from difftrain.diffusion import (
-    CosineSchedule,
-    EDMSchedule,
+from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.generate import Diffusion
+from difftrain.diffusion.objectives import X0Objective
+from difftrain.diffusion.samplers import (
     Sampler,
+    ancestral_step,
     sample_ddim,
     sample_ddpm,
     sample_dpmpp_2m,
@@ -19,14 +21,13 @@ from difftrain.diffusion import (
     sample_euler_ancestral,
     sample_heun,
 )
-from difftrain.diffusion.generate import generate
-from difftrain.diffusion.samplers import ancestral_step
+from difftrain.diffusion.schedules import CosineSchedule, EDMSchedule
 
 MU, S = 0.5, 0.3
 N = 20_000
 
 
-def gaussian_denoiser(x, sigma, class_labels=None):
+def gaussian_denoiser(x, sigma, cond=None):
     """E[x0 | x] for x0 ~ N(MU, S^2) and x = x0 + sigma * eps."""
     return MU + S**2 / (S**2 + sigma**2) * (x - MU)
 
@@ -34,7 +35,7 @@ def gaussian_denoiser(x, sigma, class_labels=None):
 MODES, WEIGHTS, MODE_STD = torch.tensor([-1.0, 1.0]), torch.tensor([0.3, 0.7]), 0.1
 
 
-def mixture_denoiser(x, sigma, class_labels=None):
+def mixture_denoiser(x, sigma, cond=None):
     """E[x0 | x] for x0 from a two-component Gaussian mixture."""
     var = MODE_STD**2 + sigma**2
     logp = torch.log(WEIGHTS) - (x[..., None] - MODES) ** 2 / (2 * var)  # (..., 2)
@@ -142,13 +143,32 @@ def test_ddim_eta0_is_deterministic_and_eta1_is_seeded():
     assert not torch.equal(run(sample_ddpm, 0), run(sample_ddpm, 1))
 
 
-def test_generate_same_seed_same_images_whatever_the_batch_size():
-    sampler, schedule = Sampler(sample_ddim, steps=5), CosineSchedule()
-    a, _ = generate(gaussian_denoiser, schedule, sampler, (1, 4, 4), 10, seed=3, batch_size=10)
-    b, _ = generate(gaussian_denoiser, schedule, sampler, (1, 4, 4), 10, seed=3, batch_size=3)
-    c, _ = generate(gaussian_denoiser, schedule, sampler, (1, 4, 4), 10, seed=4, batch_size=10)
+class GaussianNet(torch.nn.Module):
+    """A raw net that, under x0-prediction, makes the denoiser exactly gaussian_denoiser."""
+
+    sample_shape, num_classes, augment_dim = (1, 4, 4), 0, 0
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))  # gives generate() a device
+
+    def forward(self, x_in, c_noise):
+        sigma = torch.exp(4 * c_noise).view(-1, 1, 1, 1)  # undo X0Objective's c_noise and c_in
+        return gaussian_denoiser(x_in * (1 + sigma**2).sqrt(), sigma) * self.scale
+
+
+def test_generate_same_seed_same_images_whatever_the_batch_size_or_split():
+    denoiser = Denoiser(GaussianNet(), X0Objective())
+    diffusion = Diffusion(denoiser, CosineSchedule(), Sampler(sample_ddim, steps=5))
+    a, _ = diffusion.generate(10, seed=3, batch_size=10)
+    b, _ = diffusion.generate(10, seed=3, batch_size=3)
+    c, _ = diffusion.generate(10, seed=4, batch_size=10)
+    first, _ = diffusion.generate(4, seed=3)
+    rest, _ = diffusion.generate(6, seed=3, start=4)  # another process's share
     torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, torch.cat([first, rest]))
     assert not torch.allclose(a, c)
+    assert a.std() == pytest.approx(S, rel=0.5)  # the Gaussian's spread, roughly, in 5 steps
 
 
 def test_ancestral_step_splits_the_variance():

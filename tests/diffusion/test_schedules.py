@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from difftrain.diffusion import (
+from difftrain.diffusion.schedules import (
     CosineSchedule,
     EDMSchedule,
     LinearSchedule,
     ScaledLinearSchedule,
     SigmoidSchedule,
+    karras_sigmas,
 )
-from difftrain.diffusion.schedules import karras_sigmas
 
 
 def test_cosine_alpha_bar_matches_nichol_dhariwal_eq17():

@@ -6,24 +6,20 @@ import pytest
 import torch
 
 from difftrain.data.datasets import digits
-from difftrain.diffusion import (
-    CosineSchedule,
-    Denoiser,
-    DenoisingLoss,
+from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.loss import DenoisingLoss
+from difftrain.diffusion.noise_levels import LogNormal, UniformT
+from difftrain.diffusion.objectives import (
     EDMObjective,
-    EDMSchedule,
     EpsObjective,
     FlowObjective,
-    LinearSchedule,
-    LogNormal,
-    Uniform,
-    UniformT,
     VObjective,
     X0Objective,
     check_compatible,
-    denoising_loss,
 )
-from difftrain.nets import UNet
+from difftrain.diffusion.schedules import CosineSchedule, EDMSchedule, LinearSchedule
+from difftrain.diffusion.weighting import Uniform
+from difftrain.nets.unet import UNet
 
 OBJECTIVES = {
     "eps": EpsObjective,
@@ -58,7 +54,7 @@ def test_loss_is_finite_and_decreases(images, objective_name, schedule_name):
 
     def evaluate():
         with torch.no_grad():
-            return denoising_loss(denoiser, images, eval_sigma, eval_noise).mean().item()
+            return denoiser.error(images, eval_sigma, eval_noise)[0].mean().item()
 
     before = evaluate()
     for step in range(40):

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from difftrain.diffusion import (
-    P2,
-    EDMObjective,
-    EDMWeighting,
-    EpsObjective,
-    MinSNR,
-    Uniform,
-    VObjective,
-    X0Objective,
-)
+from difftrain.diffusion.objectives import EDMObjective, EpsObjective, VObjective, X0Objective
+from difftrain.diffusion.weighting import P2, EDMWeighting, MinSNR, Uniform
 
 SIGMA = torch.logspace(-2, 2, 9)
 SNR = SIGMA**-2

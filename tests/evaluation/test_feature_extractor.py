@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from difftrain.data import datasets as ds
-from difftrain.evaluation import Evaluator
-from difftrain.evaluation.evaluator import dataset_uint8
+from difftrain.evaluation.evaluator import Evaluator, dataset_uint8
 from tests.conftest import CACHE, SHARED_DATA
 
 

@@ -7,7 +7,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from difftrain.evaluation import FeatureSet, class_coverage, compute_metrics, frechet_distance
+from difftrain.evaluation.features import FeatureSet
+from difftrain.evaluation.metrics import class_coverage, compute_metrics, frechet_distance
 
 
 def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:

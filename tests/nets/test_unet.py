@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difftrain.nets import UNet
+from difftrain.nets.unet import UNet
 
 TINY = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, head_channels=8)
 
@@ -43,14 +43,32 @@ def test_class_conditioning_changes_the_output_and_none_is_the_null_class():
     net = UNet(1, 8, num_classes=10, **TINY)
     randomize(net)
     x, c = torch.randn(2, 1, 8, 8), torch.zeros(2)
-    a, b = net(x, c, torch.tensor([1, 1])), net(x, c, torch.tensor([2, 2]))
+    a, b = (
+        net(x, c, class_labels=torch.tensor([1, 1])),
+        net(x, c, class_labels=torch.tensor([2, 2])),
+    )
     assert not torch.allclose(a, b)
-    torch.testing.assert_close(net(x, c, None), net(x, c, torch.tensor([10, 10])))
+    torch.testing.assert_close(net(x, c), net(x, c, class_labels=torch.tensor([10, 10])))
 
 
 def test_gradients_reach_every_parameter():
     net = UNet(1, 16, attn_resolutions=(16, 8), num_classes=3, **TINY)
     randomize(net)
-    net(torch.randn(2, 1, 16, 16), torch.randn(2), torch.tensor([0, 1])).square().sum().backward()
+    net(
+        torch.randn(2, 1, 16, 16), torch.randn(2), class_labels=torch.tensor([0, 1])
+    ).square().sum().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == [] or missing == ["class_emb.weight"]  # unused class rows only
+
+
+def test_every_net_keeps_the_net_protocol():
+    from difftrain.nets.mlp import MLP
+    from difftrain.nets.protocol import Net
+
+    for net in (UNet(1, 16, channels=8, channel_mult=(1, 2), norm_groups=4, num_classes=3), MLP()):
+        assert isinstance(net, Net)
+        x = torch.randn(2, *net.sample_shape)
+        assert net(x, torch.zeros(2)).shape == x.shape
+    cond = {"class_labels": torch.tensor([0, 2])}
+    unet = UNet(1, 16, channels=8, channel_mult=(1, 2), norm_groups=4, num_classes=3)
+    assert unet.null_cond(cond)["class_labels"].tolist() == [3, 3]

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
+from difftrain.data.images import save_grid
 from difftrain.data.transforms import to_model_range, to_uint8
-from difftrain.images import save_grid
 
 
 class _Mapped(Dataset):
@@ -66,6 +67,18 @@ class ImageDataModule(L.LightningDataModule):
         self.augment = v2.Compose(augment) if augment else v2.Identity()
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.train_resolution: int | None = None
+
+    def set_train_resolution(self, size: int | None) -> None:
+        """Train on images downsampled (area) to size x size from now on; None: full size."""
+        self.train_resolution = None if size == self.image_size else size
+
+    def on_after_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        trainer = getattr(self, "trainer", None)
+        if self.train_resolution and trainer is not None and trainer.training:
+            x, labels = batch
+            batch = F.interpolate(x, size=self.train_resolution, mode="area"), labels
+        return batch
 
     def normalize(self, x: Tensor) -> Tensor:
         return to_model_range(x, self.value_range)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
-from difftrain.diffusion.objectives import Objective, expand_like
+from difftrain.diffusion.objectives import Objective, expand_like, raw_target
+
+Cond = Mapping[str, Tensor]  # conditioning by name, passed to the net untouched (nets.protocol)
 
 
 class Denoiser(nn.Module):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise): an x0-estimate whatever the objective.
 
-    `net(x, c_noise, class_labels)` is any network mapping (B, C, H, W) to (B, C, H, W).
+    `net(x, c_noise, **cond)` is any network mapping x (B, *shape) to the same shape
+    (`nets.protocol.Net`).
     """
 
     def __init__(self, net: nn.Module, objective: Objective):
@@ -19,27 +24,26 @@ class Denoiser(nn.Module):
         self.net = net
         self.objective = objective
 
-    def raw(
-        self,
-        x: Tensor,
-        sigma: Tensor,
-        class_labels: Tensor | None = None,
-        augment_labels: Tensor | None = None,
-    ) -> Tensor:
-        """The raw network output F for noisy x (B, C, H, W) at noise levels sigma (B,).
-
-        augment_labels (B, D) describe a non-leaking augmentation of x; only training passes them.
-        """
-        _, _, c_in, c_noise = self.objective.scalings(sigma)
-        extra = {} if augment_labels is None else {"augment_labels": augment_labels}
-        return self.net(expand_like(c_in, x) * x, c_noise, class_labels, **extra)
-
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        """The x0-estimate for noisy x (B, C, H, W); sigma is a scalar or shape (B,)."""
+    def forward(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
+        """The x0-estimate for noisy x (B, *shape); sigma is a scalar or shape (B,)."""
         sigma = sigma.to(x.dtype).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.dtype)
-        c_skip, c_out, _, _ = self.objective.scalings(sigma)
-        f = self.raw(x, sigma, class_labels)
+        c_skip, c_out, c_in, c_noise = self.objective.scalings(sigma)
+        f = self.net(expand_like(c_in, x) * x, c_noise, **(cond or {}))
         return expand_like(c_skip, x) * x + expand_like(c_out, x) * f.to(x.dtype)
+
+    def error(
+        self, x0: Tensor, sigma: Tensor, noise: Tensor, cond: Cond | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The raw net's squared error against its target, per example (B,), and c_out (B,).
+
+        The noisy input is x0 + sigma noise; the target is (x0 - c_skip x) / c_out (Karras et al.
+        2022, Eq. 8), so that c_out^2 times this error is the x0-space error of D.
+        """
+        c_skip, c_out, c_in, c_noise = self.objective.scalings(sigma)
+        x = x0 + expand_like(sigma, x0) * noise
+        f = self.net(expand_like(c_in, x) * x, c_noise, **(cond or {})).float()
+        target = raw_target(x0, x, c_skip, c_out).float()
+        return (f - target).square().flatten(1).mean(1), c_out
 
 
 class Ensemble(nn.Module):
@@ -59,5 +63,5 @@ class Ensemble(nn.Module):
     def net(self) -> nn.Module:
         return self.members[0].net
 
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        return torch.stack([member(x, sigma, class_labels) for member in self.members]).mean(0)
+    def forward(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
+        return torch.stack([member(x, sigma, cond) for member in self.members]).mean(0)

@@ -1,64 +1,100 @@
-"""Generate n images in batches from a fixed seed: the one path every sample grid and file takes."""
+"""Drawing samples: the one path that sample grids, evaluation, checkpoints and the CLIs all take."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from difftrain.diffusion.guidance import ClassifierFreeGuidance
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
 
-
-@torch.no_grad()
-def generate(
-    denoiser: Callable[[Tensor, Tensor, Tensor | None], Tensor],
-    schedule: NoiseSchedule,
-    sampler: Sampler,
-    shape: tuple[int, int, int],
-    n: int,
-    *,
-    seed: int = 0,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    class_labels: Tensor | None = None,
-    guidance: float = 1.0,
-    null_label: int | None = None,
-) -> tuple[Tensor, int]:
-    """n samples (n, C, H, W) in the model's value range, and the NFE per sample.
-
-    With class_labels (n,) and guidance != 1, classifier-free guidance mixes in the prediction
-    for `null_label`.
-
-    Image i starts from its own generator, seeded by (seed, i), so a deterministic sampler gives
-    the same images whatever the batch size; a stochastic sampler's fresh noise comes from one
-    generator per batch.
-    """
-    if class_labels is not None and len(class_labels) != n:
-        raise ValueError(f"got {len(class_labels)} class labels for {n} samples")
-    if class_labels is not None and guidance != 1:
-        if null_label is None:
-            raise ValueError(
-                "classifier-free guidance needs the null label of a class-conditional net"
-            )
-        denoiser = ClassifierFreeGuidance(denoiser, guidance, null_label)
-    out, nfe = [], 0
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        noise = torch.stack(
-            [torch.randn(shape, generator=seeded_generator(seed, i)) for i in range(start, stop)]
-        )
-        step_gen = seeded_generator(seed, n + start, device)
-        labels = class_labels[start:stop].to(device) if class_labels is not None else None
-        x, nfe = sampler(
-            denoiser, noise.to(device), schedule, class_labels=labels, generator=step_gen
-        )
-        out.append(x.cpu())
-    return torch.cat(out), nfe
+STEP_STREAM = 2**31  # item indices stay below it; a batch's sampler noise is drawn from above it
 
 
 def seeded_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator for item `index` of stream `seed`; torch seeds its CPU generator with 32 bits."""
     return torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + index) % 2**32)
+
+
+def seeded_noise(seed: int, indices: Tensor, shape: Sequence[int]) -> Tensor:
+    """Standard normal noise (len(indices), *shape): item i from its own generator (seed, i), so it
+    is the same whatever the batch, the batch size or the process that draws it."""
+    return torch.stack(
+        [torch.randn(tuple(shape), generator=seeded_generator(seed, int(i))) for i in indices]
+    )
+
+
+def class_labels(
+    n: int, num_classes: int, requested: Sequence[int] | None = None, start: int = 0
+) -> Tensor | None:
+    """The labels of samples start .. start + n - 1: `requested` cycled, by default the classes
+    0, 1, 2, ... in turn; None for an unconditional net."""
+    if requested is not None and not num_classes:
+        raise ValueError("class labels given, but the net is unconditional (num_classes=0)")
+    if not num_classes:
+        return None
+    labels = torch.as_tensor(list(requested) if requested is not None else range(num_classes))
+    if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"class_labels must be in [0, {num_classes - 1}], got {labels.tolist()}")
+    return labels[torch.arange(start, start + n) % len(labels)]
+
+
+@dataclass
+class Diffusion:
+    """A denoiser with its noise schedule and default sampler: all that drawing samples needs.
+
+    The denoiser's net (`nets.protocol.Net`) tells the sample shape, the classes and what "no
+    class" means for classifier-free guidance.
+    """
+
+    denoiser: nn.Module  # Denoiser or Ensemble
+    schedule: NoiseSchedule
+    sampler: Sampler
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.denoiser.net.sample_shape)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        *,
+        seed: int = 0,
+        start: int = 0,
+        batch_size: int = 256,
+        labels: Sequence[int] | None = None,
+        guidance: float = 1.0,
+    ) -> tuple[Tensor, int]:
+        """Samples start .. start + n - 1 of stream `seed`, (n, *shape) in the model's space, and
+        the NFE per sample (default sampler: the run's own).
+
+        Sample i starts from its own noise (seed, i) and, for a class-conditional net, has class
+        `class_labels(...)[i]`, so a deterministic sampler draws the same images whatever the batch
+        size, and n samples split over processes (by `start`) are the n samples of one process.
+        With guidance != 1, classifier-free guidance mixes in the unconditional prediction.
+        """
+        if n < 1:
+            raise ValueError(f"the number of samples must be >= 1, got {n}")
+        sampler = sampler or self.sampler
+        sampler.check(self.schedule)
+        net = self.denoiser.net
+        y = class_labels(n, net.num_classes, labels, start)
+        denoiser = self.denoiser
+        if y is not None and guidance != 1:
+            denoiser = ClassifierFreeGuidance(denoiser, guidance, net.null_cond)
+        device = next(self.denoiser.parameters()).device
+        out, nfe = [], 0
+        for first in range(start, start + n, batch_size):
+            index = torch.arange(first, min(first + batch_size, start + n))
+            noise = seeded_noise(seed, index, self.shape).to(device)
+            cond = {} if y is None else {"class_labels": y[index - start].to(device)}
+            steps = seeded_generator(seed, STEP_STREAM + first, device)
+            x, nfe = sampler(denoiser, noise, self.schedule, cond=cond, generator=steps)
+            out.append(x.cpu())
+        return torch.cat(out), nfe

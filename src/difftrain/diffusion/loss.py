@@ -5,29 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.denoiser import Cond, Denoiser
 from difftrain.diffusion.noise_levels import NoiseLevels
 from difftrain.diffusion.objectives import expand_like
 from difftrain.diffusion.schedules import NoiseSchedule
 from difftrain.diffusion.weighting import EDMWeighting, Weighting
-
-
-def denoising_loss(
-    denoiser: Denoiser,
-    x0: Tensor,
-    sigma: Tensor,
-    noise: Tensor,
-    class_labels: Tensor | None = None,
-    augment_labels: Tensor | None = None,
-) -> Tensor:
-    """Per-example mean squared error of F against its target, shape (B,).
-
-    x0 and noise are (B, C, H, W); sigma is (B,). The noisy input is x0 + sigma * noise.
-    """
-    x = x0 + expand_like(sigma, x0) * noise
-    f = denoiser.raw(x, sigma, class_labels, augment_labels).float()
-    target = denoiser.objective.target(x0, x, sigma).float()
-    return (f - target).square().flatten(1).mean(1)
 
 
 class DenoisingLoss(nn.Module):
@@ -38,19 +20,12 @@ class DenoisingLoss(nn.Module):
         self.noise_levels, self.weighting = noise_levels, weighting
 
     def forward(
-        self,
-        denoiser: Denoiser,
-        schedule: NoiseSchedule,
-        x0: Tensor,
-        class_labels: Tensor | None = None,
-        augment_labels: Tensor | None = None,
+        self, denoiser: Denoiser, schedule: NoiseSchedule, x0: Tensor, cond: Cond | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Per-example weighted losses (B,) and the noise levels they were drawn at (B,)."""
+        """Per-example weighted losses (B,) of clean x0 (B, *shape), and the levels drawn (B,)."""
         sigma, importance = self.noise_levels(x0.shape[0], schedule, x0.device)
         sigma = sigma.to(x0.dtype)
-        noise = torch.randn_like(x0)
-        error = denoising_loss(denoiser, x0, sigma, noise, class_labels, augment_labels)
-        _, c_out, _, _ = denoiser.objective.scalings(sigma)
+        error, c_out = denoiser.error(x0, sigma, torch.randn_like(x0), cond)
         loss = self.weighting(sigma, c_out).float() * error
         self.noise_levels.update(loss)
         return loss * importance, sigma
@@ -62,7 +37,7 @@ def x0_error(
     x0: Tensor,
     sigma: Tensor,
     noise: Tensor,
-    class_labels: Tensor | None = None,
+    cond: Cond | None = None,
     sigma_data: float = 0.5,
 ) -> Tensor:
     """EDM-weighted denoising error lambda(sigma) ||D(x0 + sigma noise) - x0||^2 per example, (B,).
@@ -71,5 +46,5 @@ def x0_error(
     EDM's lambda makes every noise level count about equally.
     """
     x = x0 + expand_like(sigma, x0) * noise
-    error = (denoiser(x, sigma, class_labels).float() - x0.float()).square().flatten(1).mean(1)
+    error = (denoiser(x, sigma, cond).float() - x0.float()).square().flatten(1).mean(1)
     return EDMWeighting(sigma_data).x0_weight(sigma.float()) * error

@@ -31,7 +31,12 @@ class Objective:
     def target(self, x0: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         """What the raw network should output for the noisy input x = x0 + sigma eps."""
         c_skip, c_out, _, _ = self.scalings(sigma)
-        return (x0 - expand_like(c_skip, x) * x) / expand_like(c_out, x)
+        return raw_target(x0, x, c_skip, c_out)
+
+
+def raw_target(x0: Tensor, x: Tensor, c_skip: Tensor, c_out: Tensor) -> Tensor:
+    """(x0 - c_skip x) / c_out: the F for which D = c_skip x + c_out F is exactly x0."""
+    return (x0 - expand_like(c_skip, x) * x) / expand_like(c_out, x)
 
 
 def _vp_in(sigma: Tensor) -> Tensor:

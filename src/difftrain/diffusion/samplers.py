@@ -1,8 +1,9 @@
 """Samplers: pure functions over a denoiser and a decreasing tensor of noise levels.
 
 All share one signature, in the style of k-diffusion:
-    sample_X(denoiser, x, sigmas, *, class_labels=None, generator=None, callback=None, **options)
-where `denoiser(x, sigma, class_labels)` returns an x0-estimate, `x` is the initial noise already
+    sample_X(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, **options)
+where `denoiser(x, sigma, cond)` returns an x0-estimate (`cond`: the conditioning mapping, passed
+through untouched), `x` is the initial noise already
 scaled to sigmas[0], and `sigmas` (steps + 1,) ends with 0. They work in the VE form
 x = x0 + sigma eps, so every sampler runs with every schedule and objective.
 """
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from difftrain.diffusion.denoiser import Cond
 from difftrain.diffusion.schedules import NoiseSchedule
 
-DenoiserFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+DenoiserFn = Callable[[Tensor, Tensor, Cond | None], Tensor]
 Callback = Callable[[dict], None]
 
 
@@ -45,7 +47,7 @@ def sample_euler_ancestral(
     x: Tensor,
     sigmas: Tensor,
     *,
-    class_labels: Tensor | None = None,
+    cond: Cond | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     eta: float = 1.0,
@@ -56,7 +58,7 @@ def sample_euler_ancestral(
     eta=1 DDPM's ancestral sampler (Ho et al. 2020, Alg. 2).
     """
     for i in range(len(sigmas) - 1):
-        x0 = denoiser(x, sigmas[i], class_labels)
+        x0 = denoiser(x, sigmas[i], cond)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x0 + (x - x0) * (sigma_down / sigmas[i])
         if sigma_up > 0:
@@ -89,7 +91,7 @@ def sample_heun(
     x: Tensor,
     sigmas: Tensor,
     *,
-    class_labels: Tensor | None = None,
+    cond: Cond | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     s_churn: float = 0.0,
@@ -105,11 +107,11 @@ def sample_heun(
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:  # increase the noise level temporarily
             x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * _noise(x, generator)
-        x0 = denoiser(x, sigma_hat, class_labels)
+        x0 = denoiser(x, sigma_hat, cond)
         d = (x - x0) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d
         if sigma_next > 0:  # second-order correction
-            d_next = (x_next - denoiser(x_next, sigma_next, class_labels)) / sigma_next
+            d_next = (x_next - denoiser(x_next, sigma_next, cond)) / sigma_next
             x_next = x + (sigma_next - sigma_hat) * (d + d_next) / 2
         x = x_next
         if callback is not None:
@@ -123,7 +125,7 @@ def sample_dpmpp_2m_sde(
     x: Tensor,
     sigmas: Tensor,
     *,
-    class_labels: Tensor | None = None,
+    cond: Cond | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     eta: float = 1.0,
@@ -136,7 +138,7 @@ def sample_dpmpp_2m_sde(
     old_x0, h_last = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0 = denoiser(x, sigma, class_labels)
+        x0 = denoiser(x, sigma, cond)
         if sigma_next == 0:
             x = x0
         else:
@@ -171,9 +173,9 @@ class _CountingDenoiser:
     def __init__(self, denoiser: DenoiserFn):
         self.denoiser, self.nfe = denoiser, 0
 
-    def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
         self.nfe += 1
-        return self.denoiser(x, sigma, class_labels)
+        return self.denoiser(x, sigma, cond)
 
 
 # Multistep solvers extrapolate from the previous step; they need steps of similar length in
@@ -234,7 +236,7 @@ class Sampler:
         noise: Tensor,
         schedule: NoiseSchedule,
         *,
-        class_labels: Tensor | None = None,
+        cond: Cond | None = None,
         generator: torch.Generator | None = None,
         callback: Callback | None = None,
     ) -> tuple[Tensor, int]:
@@ -242,9 +244,7 @@ class Sampler:
         sigmas = self.sigmas(schedule).to(noise.device)
         counting = _CountingDenoiser(denoiser)
         x = noise * (sigmas[0] ** 2 + 1).sqrt()  # the VP prior N(0, 1), in VE form
-        x = self.solver(
-            counting, x, sigmas, class_labels=class_labels, generator=generator, callback=callback
-        )
+        x = self.solver(counting, x, sigmas, cond=cond, generator=generator, callback=callback)
         return x, counting.nfe
 
 

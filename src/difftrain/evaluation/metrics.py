@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -14,7 +14,7 @@ from torch_fidelity.metric_prc import prc_features_to_metric
 
 from difftrain.evaluation.features import FeatureSet
 
-METRICS = ("fid", "kid", "prc", "isc")
+Metric = Callable[..., dict[str, float]]
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
@@ -26,6 +26,53 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
     return fid_statistics_to_metric(stats_a, stats_b, verbose=False)["frechet_inception_distance"]
 
 
+def fid(generated: FeatureSet, reference: FeatureSet, **_: object) -> dict[str, float]:
+    return {"fid": frechet_distance(generated.features, reference.features)}
+
+
+def kid(
+    generated: FeatureSet, reference: FeatureSet, kid_subset_size: int = 1000, seed: int = 0,
+    **_: object,
+) -> dict[str, float]:  # fmt: skip
+    """Kernel inception distance (Binkowski et al. 2018), raw (not x1000), and its std."""
+    size = min(kid_subset_size, len(generated), len(reference))
+    result = kid_features_to_metric(
+        generated.features, reference.features, kid_subset_size=size, rng_seed=seed, verbose=False
+    )
+    return {
+        "kid": result["kernel_inception_distance_mean"],
+        "kid_std": result["kernel_inception_distance_std"],
+    }
+
+
+def precision_recall(
+    generated: FeatureSet, reference: FeatureSet, seed: int = 0, **_: object
+) -> dict[str, float]:
+    """Precision and recall (k=3, Kynkaanniemi et al. 2019) against as many reference images,
+    drawn with `seed`: the k-NN radii depend on the set size."""
+    real = _subsample(reference.features, len(generated), seed)
+    result = prc_features_to_metric(generated.features, real, save_cpu_ram=True, verbose=False)
+    return {"precision": result["precision"], "recall": result["recall"]}
+
+
+def inception_score(
+    generated: FeatureSet, reference: FeatureSet, seed: int = 0, **_: object
+) -> dict[str, float]:
+    """The Inception Score (Salimans et al. 2016) of the generated logits."""
+    result = isc_features_to_metric(generated.logits, rng_seed=seed)
+    return {"isc": result["inception_score_mean"], "isc_std": result["inception_score_std"]}
+
+
+# The metrics `evaluator.metrics` may name: each takes (generated, reference, **options) and
+# returns named values. Adding one is a function and an entry here.
+METRICS: dict[str, Metric] = {
+    "fid": fid,
+    "kid": kid,
+    "prc": precision_recall,
+    "isc": inception_score,
+}
+
+
 def compute_metrics(
     generated: FeatureSet,
     reference: FeatureSet,
@@ -33,35 +80,12 @@ def compute_metrics(
     kid_subset_size: int = 1000,
     seed: int = 0,
 ) -> dict[str, float]:
-    """FID, KID (raw, not x1000), precision/recall (k=3, Kynkaanniemi et al. 2019) and IS of `generated`.
-
-    Precision and recall compare `generated` with as many reference images, drawn with `seed`.
-    """
+    """The named metrics of `generated` against `reference`."""
     if unknown := set(metrics) - set(METRICS):
         raise ValueError(f"unknown metrics {sorted(unknown)}: choose from {list(METRICS)}")
     out: dict[str, float] = {}
-    if "fid" in metrics:
-        out["fid"] = frechet_distance(generated.features, reference.features)
-    if "kid" in metrics:
-        size = min(kid_subset_size, len(generated), len(reference))
-        kid = kid_features_to_metric(
-            generated.features,
-            reference.features,
-            kid_subset_size=size,
-            rng_seed=seed,
-            verbose=False,
-        )
-        out["kid"], out["kid_std"] = (
-            kid["kernel_inception_distance_mean"],
-            kid["kernel_inception_distance_std"],
-        )
-    if "prc" in metrics:  # on equally many reference images: k-NN radii depend on the set size
-        real = _subsample(reference.features, len(generated), seed)
-        prc = prc_features_to_metric(generated.features, real, save_cpu_ram=True, verbose=False)
-        out["precision"], out["recall"] = prc["precision"], prc["recall"]
-    if "isc" in metrics:
-        isc = isc_features_to_metric(generated.logits, rng_seed=seed)
-        out["isc"], out["isc_std"] = isc["inception_score_mean"], isc["inception_score_std"]
+    for name in metrics:
+        out.update(METRICS[name](generated, reference, kid_subset_size=kid_subset_size, seed=seed))
     return out
 
 
@@ -82,5 +106,6 @@ def class_coverage(logits: Tensor, threshold: float = 0.5) -> dict[str, object]:
     num_classes = logits.shape[1]
     share = torch.bincount(logits.argmax(1), minlength=num_classes).double() / len(logits)
     entropy = -(share[share > 0] * share[share > 0].log()).sum().item() / math.log(num_classes)
+    entropy += 0.0  # one class only: -0.0 becomes 0.0
     low = (share < threshold / num_classes).nonzero().flatten().tolist()
     return {"class_share": share.tolist(), "class_entropy": entropy, "classes_under_threshold": low}

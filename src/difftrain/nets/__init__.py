@@ -1,6 +1,1 @@
-"""Denoiser networks: raw nets F(x, c_noise, class_labels) that `diffusion.Denoiser` preconditions."""
-
-from difftrain.nets.mlp import MLP
-from difftrain.nets.unet import UNet
-
-__all__ = ["MLP", "UNet"]
+"""Denoiser networks: raw nets F(x, c_noise, **cond) that `diffusion.denoiser.Denoiser` preconditions."""

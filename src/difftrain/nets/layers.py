@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def null_class(cond: Mapping[str, Tensor], num_classes: int) -> dict[str, Tensor]:
+    """`cond` with every class label replaced by the null class `num_classes` (no class)."""
+    labels = cond.get("class_labels")
+    if labels is None:
+        return dict(cond)
+    return {**cond, "class_labels": torch.full_like(labels, num_classes)}
 
 
 def zero_init(module: nn.Module) -> nn.Module:

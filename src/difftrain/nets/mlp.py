@@ -6,12 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difftrain.nets.layers import NoiseEmbedding
+from difftrain.nets.layers import NoiseEmbedding, null_class
+from difftrain.nets.protocol import Cond
 
 
 class MLP(nn.Module):
     """F(x, c_noise, class_labels) -> (B, dim) for points x (B, dim): residual SiLU blocks,
-    each told the noise level (and class) through an added embedding."""
+    each told the noise level (and class) through an added embedding. Implements `nets.protocol.Net`.
+    """
+
+    augment_dim = 0  # points are not augmented
 
     def __init__(
         self,
@@ -44,7 +48,13 @@ class MLP(nn.Module):
     def sample_shape(self) -> tuple[int]:
         return (self.dim,)
 
-    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def null_cond(self, cond: Cond) -> dict[str, Tensor]:
+        return null_class(cond, self.num_classes)
+
+    def check_image_size(self, size: int) -> None:
+        raise ValueError(f"the MLP draws {self.dim}-d points, which have no resolution ({size})")
+
+    def forward(self, x: Tensor, c_noise: Tensor, *, class_labels: Tensor | None = None) -> Tensor:
         emb = self.noise_emb(c_noise.expand(x.shape[0]))
         if self.class_emb is not None:
             if class_labels is None:

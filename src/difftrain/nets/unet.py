@@ -14,14 +14,16 @@ from difftrain.nets.layers import (
     ResBlock,
     SelfAttention,
     Upsample,
+    null_class,
     zero_init,
 )
+from difftrain.nets.protocol import Cond
 
 
 class UNet(nn.Module):
-    """F(x, c_noise, class_labels) -> (B, C, H, W), for images (B, C, H, W) with H = W = image_size.
+    """F(x, c_noise, class_labels, augment_labels) -> (B, C, H, W), for images (B, C, H, W) with
+    H = W = image_size; implements `nets.protocol.Net`.
 
-    Like every difftrain net it exposes `sample_shape` and `num_classes`.
     Level i works at resolution image_size / 2^i with channels * channel_mult[i] channels and
     `num_res_blocks` residual blocks; self-attention follows each block at `attn_resolutions`.
     With num_classes > 0 the net is class-conditional; label `num_classes` is the null class
@@ -106,6 +108,9 @@ class UNet(nn.Module):
     def sample_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
+    def null_cond(self, cond: Cond) -> dict[str, Tensor]:
+        return null_class(cond, self.num_classes)
+
     def check_image_size(self, size: int) -> None:
         """Fail with the sizes involved unless `size` can be halved once per level but the last."""
         levels = len(self.channel_mult)
@@ -121,6 +126,7 @@ class UNet(nn.Module):
         self,
         x: Tensor,
         c_noise: Tensor,
+        *,
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
     ) -> Tensor:

@@ -1,0 +1,1 @@
+"""The command-line entry points: difftrain-train, -sample, -eval, -compare and -phema."""

@@ -1,0 +1,77 @@
+"""difftrain-train: train a diffusion model from the Hydra config `conf/train.yaml`.
+
+difftrain-train                               # unet_small on digits, a few CPU minutes
+difftrain-train experiment=mnist_small data.dataset.root=../shared/data
+difftrain-train -m optimizer.lr=1e-3,2e-4     # a multirun sweep
+difftrain-train -m +sweep=regularization      # a ready sweep (conf/sweep/)
+
+Every run writes `summary.json` into its run dir: status (running, finished, diverged, failed),
+the swept values, final metrics and the health summary; `difftrain-compare` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from difftrain.config import CONFIG_DIR
+from difftrain.runs.summary import RunRecord
+from difftrain.runs.sweep import Job, current_job, failure_rate
+from difftrain.runtime import apply_runtime
+from difftrain.training.callbacks.guard import TrainingDiverged
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
+    """Build every part from `cfg`, fit, and return the final metrics (RunRecord reports)."""
+    apply_runtime(cfg.seed, cfg.num_threads, cfg.float32_matmul_precision)
+    config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    job = job or current_job(cfg.task_name)
+    with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric) as record:
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model)
+        model.save_hyperparameters({"config": config}, logger=False)  # rebuilds it from a ckpt
+        loggers = [instantiate(c) for c in cfg.logger.values()]
+        callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        for logger in loggers:
+            logger.log_hyperparams(config)
+        record.fit(trainer, model, datamodule, cfg.ckpt_path)
+    return record.metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns `optimized_metric` for sweepers (Optuna).
+
+    In a multirun, a job that diverges (or ends with a non-finite metric) is recorded as such in
+    summary.json and W&B and returns the worst value, so the sweep goes on, until more than
+    `max_failure_rate` of the sweep's planned jobs have failed: then it raises and the sweep stops.
+    """
+    job = current_job(cfg.task_name)
+    try:
+        value = train(cfg, job).get(cfg.optimized_metric)
+    except TrainingDiverged as e:
+        if job.sweep_dir is None or failure_rate(job) > cfg.max_failure_rate:
+            raise
+        log.error("%s: diverged (%s); the sweep goes on, this job scores worst", job.name, e)
+        return job.worst
+    if value is None:
+        log.warning(
+            "optimized_metric=%s was not logged; sweepers get nothing", cfg.optimized_metric
+        )
+    elif not math.isfinite(value) and job.sweep_dir is not None:
+        if failure_rate(job) > cfg.max_failure_rate:
+            raise TrainingDiverged(f"{cfg.optimized_metric} is {value} and too many jobs failed")
+        return job.worst
+    return value
+
+
+if __name__ == "__main__":
+    main()

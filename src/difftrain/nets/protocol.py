@@ -1,0 +1,38 @@
+"""The contract between a denoiser network and everything that drives it.
+
+`diffusion.denoiser.Denoiser`, classifier-free guidance, the samplers and the training module see a
+net only through this protocol. Conditioning travels as a mapping of named tensors, batch first,
+that they pass through untouched (k-diffusion's `extra_args`): `class_labels` (B,) and, in training
+only, `augment_labels` (B, D) today; a new kind of conditioning (text embeddings, say) is a new
+name that the net reads, with no new argument anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor
+
+Cond = Mapping[str, Tensor]
+
+
+@runtime_checkable
+class Net(Protocol):
+    """A raw network F(x, c_noise, **cond) with the shape of x: (B, *sample_shape)."""
+
+    sample_shape: tuple[int, ...]  # one sample: (C, H, W) for images, (D,) for points
+    num_classes: int  # 0: unconditional; else labels 0..num_classes-1, and num_classes means none
+    augment_dim: int  # length of the augmentation labels it reads (0: it reads none)
+
+    def __call__(self, x: Tensor, c_noise: Tensor, **cond: Tensor) -> Tensor:
+        """F for inputs x (B, *sample_shape) and noise conditioning c_noise (B,)."""
+        ...
+
+    def null_cond(self, cond: Cond) -> dict[str, Tensor]:
+        """The unconditional counterpart of `cond`, batch for batch (classifier-free guidance)."""
+        ...
+
+    def check_image_size(self, size: int) -> None:
+        """Raise ValueError, saying why, when the net cannot take samples of this resolution."""
+        ...

@@ -1,0 +1,1 @@
+"""What a run leaves behind and how it is read back: checkpoints, summaries, sweeps, W&B runs."""

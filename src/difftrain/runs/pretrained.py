@@ -1,0 +1,107 @@
+"""Trained models from checkpoints: the config saved inside, the EMA denoiser, sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from difftrain.data.transforms import to_uint8
+from difftrain.diffusion.denoiser import Denoiser, Ensemble
+from difftrain.diffusion.generate import Diffusion
+from difftrain.diffusion.samplers import Sampler
+
+EMA_PREFIX = "ema.module."
+
+
+@dataclass
+class TrainedModel:
+    """A run's EMA denoiser, schedule and sampler (`diffusion`), with the config it trained with."""
+
+    config: DictConfig
+    diffusion: Diffusion
+    global_step: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.diffusion.shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.diffusion.denoiser.net.num_classes
+
+    def generate(
+        self, n: int, sampler: Sampler | None = None, **options: Any
+    ) -> tuple[Tensor, int]:
+        """n samples in the model's space, (n, *shape), and the NFE; see `Diffusion.generate`."""
+        return self.diffusion.generate(n, sampler, **options)
+
+    def sample(self, n: int, sampler: Sampler | None = None, **options: Any) -> tuple[Tensor, int]:
+        """n images as uint8 (n, H, W, C), and the NFE; `options` as for `generate`."""
+        if len(self.shape) != 3:
+            raise ValueError(
+                f"this checkpoint draws {self.shape[0]}-d points ({self.config.data._target_}), not "
+                "images: use TrainedModel.generate (difftrain-sample writes them under `points`)"
+            )
+        images, nfe = self.generate(n, sampler, **options)
+        return to_uint8(images, self.config.data.value_range), nfe
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A difftrain checkpoint as a dict; clear errors for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path.resolve()} does not exist: pass ckpt=<run dir>/checkpoints/last.ckpt"
+        )
+    # Lightning checkpoints hold plain Python objects besides tensors; only load files you trust.
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    if "config" not in ckpt.get("hyper_parameters", {}):
+        raise ValueError(
+            f"{path} is not a difftrain checkpoint (no config in its hyper_parameters)"
+        )
+    return ckpt
+
+
+def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the EMA denoiser of a checkpoint from the config saved inside it."""
+    ckpt = load_checkpoint(path)
+    cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
+    denoiser = Denoiser(instantiate(cfg.net), instantiate(cfg.objective))
+    state = {
+        k[len(EMA_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(EMA_PREFIX)
+    }
+    denoiser.load_state_dict(state)
+    denoiser.to(device).eval().requires_grad_(False)
+    diffusion = Diffusion(denoiser, instantiate(cfg.schedule), instantiate(cfg.sampler))
+    return TrainedModel(cfg, diffusion, ckpt["global_step"])
+
+
+def load_models(
+    paths: str | Path | Sequence[str | Path], device: str | torch.device = "cpu"
+) -> TrainedModel:
+    """One checkpoint, or several whose denoisers are averaged (an ensemble of the same architecture).
+
+    The ensemble samples with the first checkpoint's schedule and sampler.
+    """
+    if isinstance(paths, str | Path):
+        return load_trained(paths, device)
+    models = [load_trained(p, device) for p in paths]
+    first = models[0]
+    for path, model in zip(paths[1:], models[1:], strict=True):
+        for key in ("net", "data.value_range"):
+            a, b = OmegaConf.select(first.config, key), OmegaConf.select(model.config, key)
+            if a != b:
+                raise ValueError(
+                    f"cannot ensemble {paths[0]} and {path}: their {key} differ ({a} vs {b}); "
+                    "ensembles need the same architecture and data range"
+                )
+    ensemble = Ensemble([m.diffusion.denoiser for m in models])
+    diffusion = Diffusion(ensemble, first.diffusion.schedule, first.diffusion.sampler)
+    return TrainedModel(first.config, diffusion, first.global_step)

@@ -1,0 +1,207 @@
+"""Reading runs back: finished, failed or still running, from disk or from W&B.
+
+A run is found three ways: a Hydra run dir (`.hydra/` inside), a multirun dir (its job dirs), or a
+W&B offline run dir (`offline-run-*`). Each becomes a `Run` with its config, swept values, status,
+final metrics and metric history; `difftrain-compare` and the notebooks read runs only through here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from difftrain.runs.summary import SUMMARY_FILE
+
+HEALTH_KEYS = ("loss_spikes", "nonfinite_steps", "rollbacks", "final_grad_norm")
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(
+            flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
+        )
+    return out
+
+
+@dataclass
+class Run:
+    """One training run as read back from disk or from W&B."""
+
+    path: str
+    name: str
+    status: str  # running, finished, diverged, failed, or what W&B says
+    config: dict[str, Any] = field(default_factory=dict)  # flat: "optimizer.lr" -> 0.001
+    choices: dict[str, Any] = field(default_factory=dict)  # config group -> option
+    swept: dict[str, str] = field(default_factory=dict)  # swept key -> value, in a multirun
+    metrics: dict[str, float] = field(default_factory=dict)  # final: val/loss, eval/fid, ...
+    health: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)  # extractor, reference, sampler, n
+    history: list[dict[str, float]] = field(default_factory=list)  # rows with "step"
+    checkpoint: str | None = None
+    samples: str | None = None  # the latest sample grid (or scatter plot)
+
+    def curve(self, key: str) -> tuple[list[float], list[float]]:
+        """(steps, values) of one logged metric."""
+        rows = [r for r in self.history if r.get(key) is not None and r.get("step") is not None]
+        return [r["step"] for r in rows], [r[key] for r in rows]
+
+
+def load_runs(*paths: str | Path) -> list[Run]:
+    """Every run under `paths` (run dirs, multirun dirs, W&B offline run dirs), in path order."""
+    runs: list[Run] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: pass run dirs, multirun dirs or wandb/offline-run-* dirs"
+            )
+        if (path / ".hydra").is_dir():
+            runs.append(read_run_dir(path))
+        elif path.name.startswith(("offline-run-", "run-")) and any(path.glob("run-*.wandb")):
+            runs.append(read_wandb_dir(path))
+        else:
+            jobs = sorted((p.parent for p in path.glob("*/.hydra")), key=_job_order)
+            if not jobs:
+                raise ValueError(
+                    f"{path} holds no runs: no .hydra/ in it or in its subdirectories, and no run-*.wandb"
+                )
+            runs.extend(read_run_dir(job) for job in jobs)
+    return runs
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+def read_run_dir(path: Path) -> Run:
+    """A Hydra run dir: `.hydra/` config and choices, summary.json, and the CSV or W&B history."""
+    config = OmegaConf.load(path / ".hydra" / "config.yaml")
+    hydra = OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra
+    summary_path = path / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    health_path = path / "health.json"  # also written by runs from before summary.json
+    health = json.loads(health_path.read_text()) if health_path.exists() else {}
+    wandb_dirs = sorted(path.glob("wandb/offline-run-*")) + sorted(path.glob("wandb/run-*"))
+    history = _csv_history(path / "csv" / "metrics.csv")
+    if not history and wandb_dirs:
+        history = read_wandb_dir(wandb_dirs[-1]).history
+    checkpoint = path / "checkpoints" / "last.ckpt"
+    grids = sorted(path.glob("samples/step_*.png"))
+    return Run(
+        path=str(path),
+        name=summary.get("name") or path.name,
+        status=_status(summary, health),
+        config=flatten(OmegaConf.to_container(config, resolve=False)),
+        choices={k: v for k, v in hydra.runtime.choices.items() if not str(k).startswith("hydra")},
+        swept=summary.get("swept", {}),
+        metrics={
+            k: v
+            for k, v in (summary.get("metrics") or _last_values(history)).items()
+            if v is not None
+        },
+        health=summary.get("health") or health,
+        evaluation=summary.get("evaluation") or {},
+        history=history,
+        checkpoint=str(checkpoint) if checkpoint.exists() else None,
+        samples=str(grids[-1]) if grids else None,
+    )
+
+
+def _status(summary: dict[str, Any], health: dict[str, Any]) -> str:
+    """summary.json's status; "killed" for a run that says running but whose process on this host
+    is gone (out of memory, kill -9, a lost node) without writing how it ended."""
+    status = summary.get("status") or str(health.get("status", "unknown")).split(":")[0]
+    if status == "running" and summary.get("host") == socket.gethostname() and summary.get("pid"):
+        try:
+            os.kill(summary["pid"], 0)
+        except ProcessLookupError:
+            return "killed"
+        except PermissionError:  # alive, someone else's
+            pass
+    return status
+
+
+def _last_values(history: list[dict[str, float]]) -> dict[str, float]:
+    last: dict[str, float] = {}
+    for row in history:
+        last.update(row)
+    return last
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _csv_history(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return [
+            {k: v for k, v in ((k, _number(v)) for k, v in row.items() if v != "") if v is not None}
+            for row in csv.DictReader(f)
+        ]
+
+
+def _wandb_run(path: str, name: str, status: str, config: dict, summary: dict, history) -> Run:
+    """A Run from what W&B keeps (offline file or API): config, summary and history rows."""
+    return Run(
+        path=path,
+        name=name,
+        status=status,
+        config=flatten({k: v for k, v in config.items() if k not in ("swept", "job_name")}),
+        swept=config.get("swept") or {},
+        metrics={k: float(v) for k, v in summary.items() if _is_metric(k, v)},
+        health={k[7:]: v for k, v in summary.items() if k.startswith("health/")},
+        evaluation={k[11:]: v for k, v in summary.items() if k.startswith("evaluation/")},
+        history=[
+            {**row, "step": row.get("trainer/global_step", row.get("_step"))} for row in history
+        ],
+    )
+
+
+def read_wandb_dir(path: Path) -> Run:
+    """A W&B offline run dir (offline-run-*), read without network or account."""
+    from difftrain.runs.tracking import read_offline_run
+
+    data = read_offline_run(path)
+    config, summary = data["config"], data["summary"]
+    status = summary.get("run/status") or summary.get("health/status") or "unknown"
+    name = config.get("job_name") or path.name
+    return _wandb_run(str(path), name, str(status).split(":")[0], config, summary, data["history"])
+
+
+def _is_metric(key: str, value: Any) -> bool:
+    return (
+        key.startswith(("val/", "eval/", "train/"))
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    )
+
+
+def read_wandb_api(project: str, group: str | None = None) -> list[Run]:
+    """The runs of a W&B project (ENTITY/PROJECT), optionally one group, through the public API."""
+    import wandb
+
+    filters = {"group": group} if group else None
+    runs = []
+    for r in wandb.Api().runs(project, filters=filters):
+        summary = getattr(r.summary, "_json_dict", r.summary)
+        runs.append(_wandb_run(r.url, r.name, r.state, r.config, dict(summary), r.scan_history()))
+    if not runs:
+        raise ValueError(
+            f"W&B project {project} has no runs" + (f" in group {group!r}" if group else "")
+        )
+    return runs

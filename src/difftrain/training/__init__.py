@@ -1,0 +1,1 @@
+"""Training with Lightning: the LightningModule, EMA, optimizers, augmentation and callbacks."""

@@ -1,0 +1,113 @@
+"""`TrainingHealth`: what training looks like from inside, logged as it runs and summarized at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+from difftrain.training.health import bucket_names, log_slope
+from difftrain.training.report import StepReport
+
+
+def _flat(parameters: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in parameters])
+
+
+class TrainingHealth(L.Callback):
+    """Every `every_n_steps`: training loss per noise-level bucket (cut at `sigma_edges`, the
+    validation buckets), gradient norm before clipping, parameter norm and update-to-weight
+    ratio, as `health/*`.
+
+    Its end-of-run summary (health.json, the W&B run summary, the log): the loss trend over the
+    last `trend_fraction` of training, non-finite steps, the final gradient norm and whether
+    val/loss is still improving.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        trend_fraction: float = 0.2,
+        sigma_edges: Sequence[float] = (0.1, 1.0, 10.0),
+    ):
+        if every_n_steps < 1 or not 0 < trend_fraction <= 1:
+            raise ValueError("health needs every_n_steps >= 1 and trend_fraction in (0, 1]")
+        self.every_n_steps, self.trend_fraction = every_n_steps, trend_fraction
+        self.sigma_edges = sorted(sigma_edges)
+        self.bucket_names = bucket_names(self.sigma_edges, "health/train_loss")
+        self.bucket_sum: torch.Tensor | None = None
+        self.bucket_count: torch.Tensor | None = None
+        self.loss_steps: list[int] = []
+        self.losses: list[float] = []
+        self.val_losses: list[float] = []
+        self.nonfinite_steps = 0
+        self.last_grad_norm: torch.Tensor | None = None
+        self._before: torch.Tensor | None = None
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        return (trainer.global_step + 1) % self.every_n_steps == 0
+
+    @staticmethod
+    def _trained(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer
+    ) -> None:
+        if self._due(trainer):  # weights before the update, for the update-to-weight ratio
+            self._before = _flat(self._trained(optimizer)).clone()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        report: StepReport = outputs["report"]
+        self.nonfinite_steps += report.skipped
+        self.last_grad_norm = report.grad_norm
+        losses, sigma = report.losses.float(), report.sigma.float()
+        bucket = torch.bucketize(sigma, sigma.new_tensor(self.sigma_edges), right=True)
+        finite = torch.isfinite(losses)
+        n = len(self.sigma_edges) + 1
+        sums = torch.zeros(n, device=losses.device).index_add_(0, bucket[finite], losses[finite])
+        counts = torch.bincount(bucket[finite], minlength=n).float()
+        self.bucket_sum = sums if self.bucket_sum is None else self.bucket_sum + sums
+        self.bucket_count = counts if self.bucket_count is None else self.bucket_count + counts
+        self.loss_steps.append(trainer.global_step)
+        self.losses.append(losses.mean().item())
+        if not self._due(trainer):
+            return
+
+        if self.sigma_edges:
+            totals, counts = self.bucket_sum.tolist(), self.bucket_count.tolist()
+            for name, total, count in zip(self.bucket_names, totals, counts, strict=True):
+                if count:
+                    pl_module.log(name, total / count)
+        self.bucket_sum = self.bucket_count = None
+        pl_module.log("health/grad_norm", report.grad_norm)
+        pl_module.log("health/param_norm", _flat(list(report.parameters.values())).norm().item())
+        if self._before is not None:
+            after = _flat(self._trained(trainer.optimizers[0]))
+            ratio = (after - self._before).norm() / self._before.norm().clamp(min=1e-12)
+            pl_module.log("health/update_ratio", ratio.item())
+            self._before = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and "val/loss" in trainer.callback_metrics:
+            self.val_losses.append(trainer.callback_metrics["val/loss"].item())
+
+    def summary(self) -> dict[str, Any]:
+        tail = max(2, int(len(self.losses) * self.trend_fraction))
+        return {
+            "health": {
+                "final_loss": self.losses[-1] if self.losses else float("nan"),
+                "loss_trend_per_1k_steps": log_slope(self.loss_steps[-tail:], self.losses[-tail:]),
+                "nonfinite_steps": self.nonfinite_steps,
+                "final_grad_norm": float("nan")
+                if self.last_grad_norm is None
+                else self.last_grad_norm.item(),
+                "val_losses": self.val_losses,
+                "val_loss_improving": len(self.val_losses) >= 2
+                and self.val_losses[-1] < min(self.val_losses[:-1]),
+            }
+        }

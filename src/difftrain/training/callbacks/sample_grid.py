@@ -1,0 +1,51 @@
+"""`SampleGrid`: after validation, a grid of EMA samples from a fixed seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+
+class SampleGrid(L.Callback):
+    """Writes `dirpath/step_XXXXXXX.png` (the datamodule draws it: a grid of images, a scatter
+    plot of points) and logs it to W&B as `samples` (rank zero only).
+
+    A class-conditional model draws classes 0, 1, 2, ... in turn, guided by `guidance`.
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        num_samples: int = 64,
+        seed: int = 0,
+        guidance: float = 1.0,
+        every_n_validations: int = 1,
+    ):
+        if num_samples < 1 or every_n_validations < 1:
+            raise ValueError("SampleGrid needs num_samples >= 1 and every_n_validations >= 1")
+        self.dirpath, self.num_samples, self.seed = Path(dirpath), num_samples, seed
+        self.guidance = guidance
+        self.every_n_validations, self.validations = every_n_validations, 0
+        self.last_path: Path | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        if self.validations % self.every_n_validations or not trainer.is_global_zero:
+            return
+        images, nfe = pl_module.generate(self.num_samples, seed=self.seed, guidance=self.guidance)
+        path = self.dirpath / f"step_{trainer.global_step:07d}.png"
+        self.last_path = trainer.datamodule.save_samples(images, path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                caption = [f"step {trainer.global_step}, NFE {nfe}"]
+                logger.log_image(
+                    "samples", [str(self.last_path)], step=trainer.global_step, caption=caption
+                )
+
+    def summary(self) -> dict[str, Any]:
+        return {"sample_grid": str(self.last_path)} if self.last_path else {}

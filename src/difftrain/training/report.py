@@ -1,0 +1,44 @@
+"""The interfaces between the training module and its callbacks.
+
+Each training step, `DiffusionModule` returns a `StepReport` (as `outputs["report"]` of
+`on_train_batch_end`): callbacks read what happened from it and never from module attributes.
+At the end of a run, each callback that `Summarizes` contributes to the run's `summary.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@dataclass
+class StepReport:
+    """What one training step did, filled in as the step runs; tensors stay on the device."""
+
+    losses: Tensor  # (B,) per-example weighted losses, detached
+    sigma: Tensor  # (B,) the noise levels they were drawn at
+    images: int  # examples in the step, over all processes
+    parameters: dict[str, Tensor] = field(default_factory=dict)  # online weights after the update
+    grad_norm: Tensor | None = None  # () the gradient's norm before clipping
+    skipped: bool = False  # loss or gradient not finite: neither weights nor EMA were updated
+
+
+@runtime_checkable
+class Summarizes(Protocol):
+    """A callback that adds to the run's summary: a nested dict, merged with the others'.
+
+    Under "health" go the entries of health.json; under "report" the lines of the end-of-run log.
+    """
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class FollowsRollbacks(Protocol):
+    """A callback whose state goes back with the weights when the guard rolls back to `step`."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def rollback_to(self, state: dict[str, Any], step: int) -> None: ...

@@ -1,0 +1,125 @@
+"""difftrain-sample: npz and grid from a checkpoint alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difftrain.diffusion.generate import class_labels
+from difftrain.runs.pretrained import load_trained
+from tests.conftest import run_module
+
+
+def test_sample_cli_writes_uint8_npz_and_grid(tiny_checkpoint, tmp_path):
+    out = tmp_path / "s" / "samples.npz"
+    result = run_module(
+        "difftrain.cli.sample",
+        f"ckpt={tiny_checkpoint}",
+        "n=10",
+        f"out={out}",
+        "sampler=ddim",
+        "sampler.steps=3",
+        "seed=1",
+        cwd=tmp_path,
+    )
+    assert "NFE 3" in result.stdout
+    data = np.load(out)
+    assert data["images"].dtype == np.uint8 and data["images"].shape == (10, 16, 16, 1)
+    assert int(data["nfe"]) == 3 and int(data["step"]) == 4
+    assert Image.open(out.with_suffix(".png")).size == (4 * 18 + 2, 3 * 18 + 2)
+    assert not list(tmp_path.glob("outputs")) and not (tmp_path / ".hydra").exists()
+
+
+def test_png_export(tiny_checkpoint, tmp_path):
+    out = tmp_path / "pngs"
+    run_module(
+        "difftrain.cli.sample",
+        f"ckpt={tiny_checkpoint}",
+        "n=3",
+        f"out={out}",
+        "format=png",
+        cwd=tmp_path,
+    )
+    files = sorted(out.glob("*.png"))
+    assert [f.name for f in files] == ["000000.png", "000001.png", "000002.png"]
+    assert np.asarray(Image.open(files[0])).shape == (16, 16)
+
+
+def test_class_labels_and_guidance(tiny_conditional_checkpoint, tmp_path):
+    out = tmp_path / "cond.npz"
+    args = [
+        f"ckpt={tiny_conditional_checkpoint}",
+        "n=5",
+        f"out={out}",
+        "sampler=heun",
+        "sampler.steps=3",
+    ]
+    run_module("difftrain.cli.sample", *args, "class_labels=[3,7]", "guidance=2.0", cwd=tmp_path)
+    data = np.load(out)
+    assert data["labels"].tolist() == [3, 7, 3, 7, 3] and int(data["nfe"]) == 5
+    assert data["images"].shape == (5, 16, 16, 1)
+
+
+def test_class_labels_on_an_unconditional_checkpoint_fail(tiny_checkpoint):
+    with pytest.raises(ValueError, match="unconditional"):
+        class_labels(4, num_classes=0, requested=[3])
+    with pytest.raises(ValueError, match=r"class_labels must be in \[0, 9\]"):
+        class_labels(4, num_classes=10, requested=[12])
+    assert class_labels(12, num_classes=10).tolist() == [*range(10), 0, 1]
+    assert class_labels(3, num_classes=10, start=9).tolist() == [9, 0, 1]  # another share
+    with pytest.raises(ValueError, match="unconditional"):
+        load_trained(tiny_checkpoint).sample(2, labels=[3])
+
+
+def test_checkpoint_restores_the_ema_weights_and_training_sampler(tiny_checkpoint):
+    model = load_trained(tiny_checkpoint)
+    state = torch.load(tiny_checkpoint, weights_only=False)["state_dict"]
+    torch.testing.assert_close(
+        model.diffusion.denoiser.net.conv_in.weight, state["ema.module.net.conv_in.weight"]
+    )
+    assert model.diffusion.sampler.steps == 4 and model.shape == (1, 16, 16)
+
+
+def test_missing_or_foreign_checkpoint_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_trained(tmp_path / "nope.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a difftrain checkpoint"):
+        load_trained(tmp_path / "other.ckpt")
+
+
+def test_ensemble_averages_denoisers_and_rejects_other_architectures(
+    tiny_checkpoint, tiny_conditional_checkpoint, tmp_path
+):
+    from difftrain.runs.pretrained import load_models
+
+    single = load_models(tiny_checkpoint)
+    pair = load_models([tiny_checkpoint, tiny_checkpoint])
+    x, sigma = torch.randn(2, 1, 16, 16), torch.tensor(1.0)
+    torch.testing.assert_close(
+        pair.diffusion.denoiser(x, sigma), single.diffusion.denoiser(x, sigma)
+    )
+    with pytest.raises(ValueError, match=r"cannot ensemble .* their net differ"):
+        load_models([tiny_checkpoint, tiny_conditional_checkpoint])
+    out = tmp_path / "ens.npz"
+    run_module(
+        "difftrain.cli.sample",
+        f"ckpt=[{tiny_checkpoint},{tiny_checkpoint}]",
+        "n=2",
+        f"out={out}",
+        cwd=tmp_path,
+    )
+    assert np.load(out)["images"].shape == (2, 16, 16, 1)
+
+
+def test_a_toy2d_checkpoint_samples_points_and_a_scatter_plot(tiny_multirun, tmp_path):
+    ckpt = tiny_multirun / "0" / "checkpoints" / "last.ckpt"
+    run_module("difftrain.cli.sample", f"ckpt={ckpt}", "n=50", "out=points.npz", cwd=tmp_path)
+    saved = np.load(tmp_path / "points.npz")
+    assert saved["points"].shape == (50, 2) and np.isfinite(saved["points"]).all()
+    assert (tmp_path / "points.png").stat().st_size > 1000
+    model = load_trained(ckpt)
+    with pytest.raises(ValueError, match="draws 2-d points"):
+        model.sample(4)

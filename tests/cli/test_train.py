@@ -1,0 +1,166 @@
+"""End-to-end training runs: every dataset, checkpoints, resume, loggers and multiruns."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from PIL import Image
+
+from difftrain.cli.train import train
+from difftrain.runs.tracking import read_offline_run
+from tests.conftest import FAST, RANDOM_LABELS, SHARED_DATA, run_module, write_mnist
+
+
+def outputs(cfg) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def test_digits_run_writes_checkpoint_grid_and_wandb_run(make_cfg):
+    cfg = make_cfg(
+        *FAST, "data.val_batch_size=64"
+    )  # enough fixed noise levels to fill every bucket
+    metrics = train(cfg)
+    run = outputs(cfg)
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (
+        run / "checkpoints" / "best.ckpt"
+    ).is_file()
+    grids = sorted((run / "samples").glob("step_*.png"))
+    assert grids and Image.open(grids[-1]).size == (8 * 18 + 2, 8 * 18 + 2)  # 64 samples of 16 px
+    assert {"train/loss", "val/loss", "val/loss_sigma_lt0.1", "val/loss_sigma_ge10"} <= set(metrics)
+    assert {"eval/fid", "eval/kid", "eval/precision", "eval/recall", "eval/class_entropy"} <= set(
+        metrics
+    )
+
+    # The W&B offline run holds the resolved config and the logged metrics: read it back.
+    (wandb_dir,) = (run / "wandb").glob("offline-run-*")
+    logged = read_offline_run(wandb_dir)
+    assert logged["config"]["net"]["channels"] == 8
+    assert logged["config"]["data"]["_target_"] == "difftrain.data.datamodule.ImageDataModule"
+    assert any("train/loss" in row for row in logged["history"])
+    assert logged["summary"]["val/loss"] == pytest.approx(metrics["val/loss"])
+    assert logged["summary"]["samples/_type"] == "images/separated"
+
+
+def test_mnist_run(make_cfg, tmp_path):
+    root = write_mnist(tmp_path / "mnist")
+    train(make_cfg(*FAST, "data=mnist", f"data.dataset.root={root}", RANDOM_LABELS, "logger=none"))
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/data"
+)
+def test_real_mnist_run(make_cfg):
+    train(
+        make_cfg(
+            *FAST,
+            "experiment=mnist_small",
+            "net=unet_tiny",
+            f"data.dataset.root={SHARED_DATA}",
+            "logger=none",
+        )
+    )
+
+
+def test_cifar10_run(make_cfg, fake_cifar10):
+    train(
+        make_cfg(
+            *FAST,
+            "data=cifar10",
+            f"data.dataset.root={fake_cifar10}",
+            "data.num_workers=0",
+            RANDOM_LABELS,
+            "logger=none",
+        )
+    )
+
+
+def test_image_folder_run(make_cfg, tmp_path):
+    from tests.data.test_datasets import write_images
+
+    root = write_images(tmp_path / "imgs", n_per_class=10)
+    cfg = make_cfg(
+        *FAST,
+        "data=image_folder",
+        f"data.dataset.root={root}",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "data.num_classes=2",
+        RANDOM_LABELS,
+        "logger=none",
+    )
+    train(cfg)
+
+
+def test_resume_continues_steps_and_ema(make_cfg, tmp_path):
+    first = make_cfg(*FAST, "logger=none", "trainer.limit_train_batches=4")
+    train(first)
+    ckpt = outputs(first) / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["global_step"] == 4 and int(state["state_dict"]["ema.n_averaged"]) == 4
+    second = make_cfg(
+        *FAST,
+        "logger=none",
+        "trainer.limit_train_batches=4",
+        "trainer.max_steps=8",
+        f"ckpt_path={ckpt}",
+    )
+    train(second)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["global_step"] == 8 and int(state["state_dict"]["ema.n_averaged"]) == 8
+
+
+def test_csv_logger(make_cfg):
+    cfg = make_cfg(*FAST, "logger=csv")
+    train(cfg)
+    with open(outputs(cfg) / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(row["val/loss"] for row in rows) and any(row["train/loss"] for row in rows)
+
+
+def test_net_that_cannot_downsample_the_images_fails_at_start_up(make_cfg):
+    with pytest.raises(InstantiationException, match="image size 18 cannot be halved 2 times"):
+        train(make_cfg(*FAST, "net=unet_small", "data.image_size=18", "logger=none"))
+
+
+def test_zero_terminal_snr_with_eps_fails_at_start_up(make_cfg):
+    with pytest.raises(InstantiationException, match="zero_terminal_snr=true with objective=eps"):
+        train(make_cfg(*FAST, "schedule.zero_terminal_snr=true", "logger=none"))
+
+
+@pytest.mark.parametrize("experiment", ["mnist_ddpm", "mnist_edm", "mnist_v_cosine"])
+def test_mnist_experiments_train(make_cfg, tmp_path, experiment):
+    root = write_mnist(tmp_path / "mnist")
+    cfg = make_cfg(
+        *FAST,
+        f"experiment={experiment}",
+        "net=unet_tiny",
+        f"data.dataset.root={root}",
+        RANDOM_LABELS,
+        "logger=none",
+    )
+    assert train(cfg)["val/loss"] > 0
+
+
+def test_class_conditional_run_with_label_dropout(make_cfg):
+    cfg = make_cfg(
+        *FAST, "net.num_classes=${data.num_classes}", "model.label_dropout=0.2", "logger=none"
+    )
+    train(cfg)
+    assert (outputs(cfg) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_multirun_gives_each_job_its_own_run_dir_and_wandb_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_module(
+        "difftrain.cli.train", "-m", *FAST, "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1"]
+    runs = [read_offline_run(next((job / "wandb").glob("offline-run-*"))) for job in jobs]
+    assert [r["config"]["seed"] for r in runs] == [1, 2]
+    assert all((job / "checkpoints" / "last.ckpt").is_file() for job in jobs)
+    assert not (tmp_path / "wandb").exists()  # nothing leaks into the launch directory
