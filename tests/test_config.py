@@ -212,3 +212,17 @@ def test_hydra_launcher(option):
     )
     if option == "slurm":
         assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.tasks_per_node == 1
+
+
+GROUPS = [p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths")]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{g}={o}" for g in GROUPS for o in options(g) if g not in ("sweep", "hparams_search")],
+)
+def test_every_option_passes_the_start_up_checks(make_cfg, override):
+    from difftrain.runs.preflight import check_values
+
+    extra = ["experiment=toy2d"] if override == "evaluator=toy" else []
+    assert check_values(make_cfg(override, *extra)) == []

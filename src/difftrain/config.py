@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 import difftrain.runs.sweep  # noqa: F401  registers the ${job:...} resolver the configs use
+from difftrain.data.datasets import folder_classes
+
+# Run dirs are named by launch time and this process's id: two runs started in the same second
+# (a second terminal, an array job) still get one dir each. DDP's worker processes are given
+# their parent's run dir by Lightning, so they never name one.
+RUN_ID = secrets.token_hex(3)
+OmegaConf.register_new_resolver("run_id", lambda: RUN_ID, replace=True)
+OmegaConf.register_new_resolver("image_folder_classes", folder_classes, replace=True)
 
 
 def config_dir() -> Path:

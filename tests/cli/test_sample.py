@@ -123,3 +123,31 @@ def test_a_toy2d_checkpoint_samples_points_and_a_scatter_plot(tiny_multirun, tmp
     model = load_trained(ckpt)
     with pytest.raises(ValueError, match="draws 2-d points"):
         model.sample(4)
+
+
+def test_bad_arguments_fail_before_anything_is_drawn(tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for args, message in [
+        (["n=0"], "n=0: must be an integer in [1, inf)"),
+        (["n=-1"], "n=-1: must be an integer in [1, inf)"),
+        ([f"out={blocker / 'x.npz'}"], "is not a writable folder"),
+        (["+sampler.steps=0"], "sampler.steps=0: must be an integer in [1, inf)"),
+    ]:
+        result = run_module(
+            "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", *args, cwd=tmp_path, check=False
+        )
+        assert result.returncode != 0 and message in result.stdout + result.stderr, args
+        assert (
+            "Traceback (most recent call last)" not in result.stderr
+            or "ConfigError" in result.stderr
+        )
+
+
+def test_plus_sampler_options_change_the_runs_own_sampler(tiny_checkpoint, tmp_path):
+    out = tmp_path / "s.npz"
+    result = run_module(
+        "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", "n=2", "+sampler.steps=3", f"out={out}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert "NFE 3" in result.stdout and int(np.load(out)["nfe"]) == 3

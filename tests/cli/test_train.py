@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +168,35 @@ def test_multirun_gives_each_job_its_own_run_dir_and_wandb_run(tmp_path):
     assert [r["config"]["seed"] for r in runs] == [1, 2]
     assert all((job / "checkpoints" / "last.ckpt").is_file() for job in jobs)
     assert not (tmp_path / "wandb").exists()  # nothing leaks into the launch directory
+
+
+def test_two_runs_started_at_once_get_a_run_dir_each(tmp_path):
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    env.pop("WANDB_MODE", None)
+    args = [sys.executable, "-m", "difftrain.cli.train", *FAST, "logger=none",
+            f"paths.log_dir={tmp_path / 'logs'}", "hydra.run.dir=${paths.log_dir}/runs/same_second_${run_id:}"]  # fmt: skip
+    runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]  # fmt: skip
+    assert [p.wait(timeout=600) for p in runs] == [0, 0]
+    dirs = sorted((tmp_path / "logs" / "runs").iterdir())
+    assert len(dirs) == 2  # the same "second" (here: the same name), yet one dir per run
+    for run in dirs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_run_dirs_are_named_by_time_and_process(make_cfg):
+    from hydra import compose, initialize_config_dir
+
+    from difftrain.config import CONFIG_DIR, RUN_ID
+
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        hydra = compose("train", return_hydra_config=True).hydra
+    assert hydra.run.dir.endswith(f"_{RUN_ID}") and hydra.sweep.dir.endswith(f"_{RUN_ID}")
+
+
+def test_wandb_mode_comes_from_the_command_line_then_the_environment(make_cfg, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert make_cfg().logger.wandb.mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert make_cfg().logger.wandb.mode == "online"
+    assert make_cfg("logger.wandb.mode=disabled").logger.wandb.mode == "disabled"

@@ -74,15 +74,35 @@ def test_image_folder_labels_resize_and_crop(tmp_path):
     assert sorted(set(train.labels)) == [0, 1]
 
 
-def test_corrupt_image_names_the_file(tmp_path):
-    root = write_images(tmp_path / "imgs")
+def test_unreadable_images_are_skipped_up_front_with_one_warning(tmp_path, caplog):
+    root = write_images(tmp_path / "imgs", n_per_class=5)
     (root / "cat" / "0.png").write_bytes(b"not a png")
+    (root / "cat" / "1.png").write_bytes(b"")
+    whole = (root / "dog" / "0.png").read_bytes()
+    (root / "dog" / "0.png").write_bytes(whole[: len(whole) // 2])  # truncated
+    with caplog.at_level("INFO"):
+        train = ds.image_folder("train", str(root), image_size=8, val_fraction=0.2)
+        ds.image_folder("val", str(root), image_size=8, val_fraction=0.2)  # scanned once
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "skipping 3 unreadable file(s) of 10" in warnings[0]
+    assert "cat/0.png" in warnings[0] and "empty file" in warnings[0]
+    assert any("7 images, 2 classes (cat, dog)" in r.getMessage() for r in caplog.records)
+    assert all(f.name not in {"0.png", "1.png"} or f.parent.name == "dog" for f in train.files)
+    assert ds.folder_classes(str(root)) == 2 and ds.folder_classes(str(tmp_path / "none")) == 0
+
+
+def test_an_image_spoilt_after_the_scan_names_the_file(tmp_path):
+    root = write_images(tmp_path / "imgs")
     dataset = ds.image_folder("train", str(root), image_size=8, val_fraction=0.2)
-    bad = next(
-        i for i, f in enumerate(dataset.files) if f.name == "0.png" and f.parent.name == "cat"
-    )
-    with pytest.raises(RuntimeError, match=r"cannot read image .*cat/0\.png.*remove or replace"):
-        dataset[bad]
+    dataset.files[0].write_bytes(b"not a png")
+    with pytest.raises(RuntimeError, match=r"cannot read image .*\.png.*remove or replace"):
+        dataset[0]
+
+
+def test_image_folder_num_classes_comes_from_the_subfolders(make_cfg, tmp_path):
+    root = write_images(tmp_path / "imgs", classes=("a", "b", "c"))
+    cfg = make_cfg("data=image_folder", f"data.dataset.root={root}")
+    assert cfg.data.num_classes == 3 and cfg.evaluator.num_classes == 3
 
 
 def test_datamodule_normalizes_augments_and_checks_shapes():

@@ -21,8 +21,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from difftrain.cli.sample import draw
+from difftrain.cli.sample import check_arguments, draw, sampler_config
 from difftrain.config import CONFIG_DIR
+from difftrain.runs.preflight import exit_on_bad_input
 from difftrain.runs.pretrained import TrainedModel, load_models
 from difftrain.runtime import resolve_device
 
@@ -39,7 +40,7 @@ def _generate(cfg: DictConfig, model: TrainedModel) -> tuple[torch.Tensor, dict]
         if OmegaConf.is_list(cfg.ckpt)
         else str(cfg.ckpt),
         "checkpoint_step": model.global_step,
-        "sampler": OmegaConf.to_container(cfg.get("sampler") or model.config.sampler),
+        "sampler": OmegaConf.to_container(sampler_config(cfg, model)),
         "nfe": nfe,
         "guidance": cfg.guidance,
         "sampling_images_per_sec": cfg.n / seconds,
@@ -66,6 +67,11 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(
             "pass exactly one of ckpt=PATH (generate samples) or samples=FILE.npz (score a file)"
         )
+    first = cfg.ckpt[0] if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt or cfg.samples
+    out = Path(cfg.out) if cfg.out else Path(first).parent / "eval.json"
+    check_arguments(
+        cfg, outputs={"out": out.absolute().parent, "paths.cache_dir": cfg.paths.cache_dir}
+    )
     device = resolve_device(cfg.device)
     model = load_models(cfg.ckpt, device) if cfg.ckpt is not None else None
     if cfg.get("data") is None:
@@ -88,8 +94,6 @@ def evaluate(cfg: DictConfig) -> dict:
     info["feature_images_per_sec"] = len(images) / (time.perf_counter() - start)
     report = {"metrics": results, "n": len(images), "seed": cfg.seed, **info, **evaluator.info}
 
-    first = cfg.ckpt[0] if OmegaConf.is_list(cfg.ckpt) else cfg.ckpt or cfg.samples
-    out = Path(cfg.out) if cfg.out else Path(first).parent / "eval.json"
     out.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str))
     print(f"wrote {out}")
@@ -97,6 +101,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -14,12 +14,18 @@ import hydra
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from difftrain.config import CONFIG_DIR
 from difftrain.data.images import save_grid, save_npz, save_pngs
 from difftrain.diffusion.generate import class_labels
 from difftrain.diffusion.samplers import Sampler
+from difftrain.runs.preflight import (
+    check_values,
+    check_writable,
+    exit_on_bad_input,
+    raise_problems,
+)
 from difftrain.runs.pretrained import TrainedModel, load_models
 from difftrain.runtime import resolve_device
 
@@ -30,6 +36,9 @@ def sample(cfg: DictConfig) -> Path:
     format=npz: uint8 (N, H, W, C) under `images` (and nfe, seed, step, labels); format=png: a
     folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
     """
+    check_arguments(cfg, outputs={"out": Path(cfg.out).absolute().parent})
+    if cfg.format not in ("npz", "png"):
+        raise ValueError(f"format must be npz or png, got {cfg.format!r}")
     model = load_models(cfg.ckpt, resolve_device(cfg.device))
     if len(model.shape) == 1:
         return _sample_points(cfg, model)
@@ -37,12 +46,7 @@ def sample(cfg: DictConfig) -> Path:
     extra = {"nfe": np.array(nfe), "seed": np.array(cfg.seed), "step": np.array(model.global_step)}
     if labels is not None:
         extra["labels"] = labels.numpy()
-    if cfg.format == "npz":
-        out = save_npz(uint8, cfg.out, **extra)
-    elif cfg.format == "png":
-        out = save_pngs(uint8, cfg.out)
-    else:
-        raise ValueError(f"format must be npz or png, got {cfg.format!r}")
+    out = save_npz(uint8, cfg.out, **extra) if cfg.format == "npz" else save_pngs(uint8, cfg.out)
     grid = save_grid(uint8[: cfg.grid_size], Path(cfg.out).with_suffix(".png"))
     print(f"wrote {cfg.n} samples ({sampler.steps} steps, NFE {nfe}) to {out} and a grid to {grid}")
     return out
@@ -74,6 +78,20 @@ def _sample_points(cfg: DictConfig, model: TrainedModel) -> Path:
     return out
 
 
+def check_arguments(cfg: DictConfig, outputs: dict[str, Path]) -> None:
+    """Fail on bad arguments and unwritable outputs before loading or sampling anything."""
+    raise_problems(check_values(cfg) + check_writable(**outputs), "these arguments")
+
+
+def sampler_config(cfg: DictConfig, model: TrainedModel) -> DictConfig:
+    """cfg's sampler; the run's own without one, or changed by one without a `_target_`
+    (+sampler.steps=20: the run's own sampler with 20 steps)."""
+    chosen = cfg.get("sampler")
+    if not chosen:
+        return model.config.sampler
+    return chosen if "_target_" in chosen else OmegaConf.merge(model.config.sampler, chosen)
+
+
 def draw(
     cfg: DictConfig,
     model: TrainedModel,
@@ -83,7 +101,7 @@ def draw(
     """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance: uint8
     images (N, H, W, C), or with images=False model-space samples (N, *shape); also the NFE, the
     sampler and the class labels used."""
-    sampler = instantiate(cfg.sampler) if cfg.get("sampler") else model.diffusion.sampler
+    sampler = instantiate(sampler_config(cfg, model))
     samples, nfe = (model.sample if images else model.generate)(
         cfg.n,
         sampler,
@@ -96,6 +114,7 @@ def draw(
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> None:
     sample(cfg)
 

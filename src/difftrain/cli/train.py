@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -20,20 +21,32 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difftrain.config import CONFIG_DIR
+from difftrain.runs.preflight import (
+    check_checkpoint,
+    check_values,
+    check_writable,
+    exit_on_bad_input,
+    raise_problems,
+)
 from difftrain.runs.summary import RunRecord
 from difftrain.runs.sweep import Job, current_job, failure_rate
 from difftrain.runtime import apply_runtime
 from difftrain.training.callbacks.guard import TrainingDiverged
+from difftrain.training.callbacks.preemption import Preempted
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
-    """Build every part from `cfg`, fit, and return the final metrics (RunRecord reports)."""
+    """Check, build every part from `cfg`, fit, and return the final metrics (RunRecord reports)."""
+    ckpt_path = resume_from(cfg.ckpt_path, Path(cfg.paths.output_dir))
+    outputs = {"paths.output_dir": cfg.paths.output_dir, "paths.cache_dir": cfg.paths.cache_dir}
+    checkpoint_problems, start_step = check_checkpoint(ckpt_path, cfg)
+    raise_problems(check_values(cfg) + check_writable(**outputs) + checkpoint_problems)
     apply_runtime(cfg.seed, cfg.num_threads, cfg.float32_matmul_precision)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     job = job or current_job(cfg.task_name)
-    with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric) as record:
+    with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric, start_step) as record:
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model)
         model.save_hyperparameters({"config": config}, logger=False)  # rebuilds it from a ckpt
@@ -42,11 +55,26 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for logger in loggers:
             logger.log_hyperparams(config)
-        record.fit(trainer, model, datamodule, cfg.ckpt_path)
+        record.fit(trainer, model, datamodule, ckpt_path)
     return record.metrics
 
 
+def resume_from(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to resume: `ckpt_path`, or for "last" the run dir's own latest one."""
+    if ckpt_path != "last":
+        return ckpt_path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        log.info("ckpt_path=last: resuming from %s", last)
+        return str(last)
+    log.warning(
+        "ckpt_path=last: no checkpoint in %s yet, so training starts from scratch", last.parent
+    )
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@exit_on_bad_input
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns `optimized_metric` for sweepers (Optuna).
 
@@ -57,6 +85,9 @@ def main(cfg: DictConfig) -> float | None:
     job = current_job(cfg.task_name)
     try:
         value = train(cfg, job).get(cfg.optimized_metric)
+    except Preempted as e:
+        log.warning("%s", e)
+        raise  # exits with 143, so that the scheduler requeues the job
     except TrainingDiverged as e:
         if job.sweep_dir is None or failure_rate(job) > cfg.max_failure_rate:
             raise

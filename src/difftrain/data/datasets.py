@@ -6,6 +6,10 @@ Small datasets are decoded once into a uint8 tensor held in memory.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -17,6 +21,7 @@ from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
 SPLITS = ("train", "val")
+log = logging.getLogger(__name__)
 
 
 class TensorImages(Dataset):
@@ -125,6 +130,79 @@ class ImageFolder(Dataset):
         return self.transform(image).float() / 255, self.labels[i]
 
 
+def _image_files(base: Path) -> list[Path]:
+    return sorted(p for p in base.rglob("*") if p.suffix.lower() in tvd.folder.IMG_EXTENSIONS)
+
+
+def _classes(base: Path, files: list[Path]) -> list[str]:
+    """The first-level subfolders, when every image lies in one (else none: unlabelled)."""
+    if not files or not all(len(p.relative_to(base).parts) > 1 for p in files):
+        return []
+    return sorted({p.relative_to(base).parts[0] for p in files})
+
+
+def folder_classes(root: str) -> int:
+    """How many classes an image folder's subfolders make (0: unlabelled, or no folder yet).
+
+    The configs read it as `${image_folder_classes:${data.dataset.root}}`, so that the net, the
+    data and the evaluator agree without anyone counting folders.
+    """
+    base = Path(root)
+    return len(_classes(base, _image_files(base))) if base.is_dir() else 0
+
+
+def _readable(path: Path) -> str | None:
+    """Why an image file cannot be used (empty, not an image, cut short), or None if it can."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as img:
+            img.verify()  # headers and, for PNG, every chunk's checksum
+            kind = img.format
+        if kind == "JPEG":  # verify() does not read the scan data: a whole JPEG ends with EOI
+            with path.open("rb") as f:
+                f.seek(-2, 2)
+                if f.read(2) != b"\xff\xd9":
+                    return "JPEG cut short (no end marker)"
+        return None
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+@functools.lru_cache(maxsize=8)
+def scan_image_folder(root: str) -> tuple[tuple[Path, ...], tuple[int, ...], tuple[str, ...]]:
+    """The readable images under root, their labels and the class names, checked once (in
+    parallel threads) with one warning for the files skipped."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(
+            f"image folder {base.resolve()} does not exist. Fix: set data.dataset.root"
+        )
+    files = _image_files(base)
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 4)) as pool:
+        problems = list(pool.map(_readable, files))
+    bad = [(p, why) for p, why in zip(files, problems, strict=True) if why]
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:5])
+        log.warning(
+            "image folder %s: skipping %d unreadable file(s) of %d, e.g. %s",
+            base, len(bad), len(files), shown,
+        )  # fmt: skip
+    good = [p for p, why in zip(files, problems, strict=True) if not why]
+    if len(good) < 2:
+        raise FileNotFoundError(
+            f"found {len(good)} readable images under {base.resolve()} "
+            f"(extensions {tvd.folder.IMG_EXTENSIONS}); need >= 2"
+        )
+    classes = _classes(base, good)
+    labels = [classes.index(p.relative_to(base).parts[0]) if classes else 0 for p in good]
+    what = (
+        f"{len(classes)} classes ({', '.join(classes[:10])}{', ...' if len(classes) > 10 else ''})"
+    )
+    log.info("image folder %s: %d images, %s", base, len(good), what if classes else "unlabelled")
+    return tuple(good), tuple(labels), tuple(classes)
+
+
 def image_folder(
     split: str,
     root: str,
@@ -133,19 +211,8 @@ def image_folder(
     val_fraction: float = 0.05,
     seed: int = 0,
 ) -> ImageFolder:
-    """Any folder tree of images (png, jpg, ...), with a fixed-seed train/val split."""
-    base = Path(root)
-    if not base.is_dir():
-        raise FileNotFoundError(
-            f"image folder {base.resolve()} does not exist. Fix: set data.dataset.root"
-        )
-    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in tvd.folder.IMG_EXTENSIONS)
-    if len(files) < 2:
-        raise FileNotFoundError(
-            f"found {len(files)} images under {base.resolve()} (extensions {tvd.folder.IMG_EXTENSIONS}); need >= 2"
-        )
-    in_subfolders = all(len(p.relative_to(base).parts) > 1 for p in files)
-    classes = sorted({p.relative_to(base).parts[0] for p in files}) if in_subfolders else []
-    labels = [classes.index(p.relative_to(base).parts[0]) if classes else 0 for p in files]
+    """Any folder tree of images (png, jpg, ...), with a fixed-seed train/val split; files that
+    cannot be read are skipped up front (`scan_image_folder`)."""
+    files, labels, _ = scan_image_folder(str(Path(root).resolve()))
     idx = _split_indices(len(files), split, val_fraction, seed).tolist()
     return ImageFolder([files[i] for i in idx], [labels[i] for i in idx], image_size, channels)

@@ -61,7 +61,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path.resolve()} does not exist: pass ckpt=<run dir>/checkpoints/last.ckpt"
         )
     # Lightning checkpoints hold plain Python objects besides tensors; only load files you trust.
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it may have been cut "
+            "short while being written: use another checkpoint of the run (best.ckpt, phema-*)"
+        ) from e
     if "config" not in ckpt.get("hyper_parameters", {}):
         raise ValueError(
             f"{path} is not a difftrain checkpoint (no config in its hyper_parameters)"

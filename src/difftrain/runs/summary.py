@@ -60,8 +60,15 @@ class RunRecord:
     finished run logs where its outputs are. Only rank zero writes.
     """
 
-    def __init__(self, run_dir: str | Path, job: Any, optimized_metric: str | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        job: Any,
+        optimized_metric: str | None = None,
+        start_step: int = 0,
+    ):
         self.run_dir, self.job, self.optimized_metric = Path(run_dir), job, optimized_metric
+        self.start_step = start_step  # a resumed run starts where its checkpoint was saved
         self.trainer: Any = None
         self.metrics: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
@@ -95,7 +102,7 @@ class RunRecord:
         value = self.metrics.get(self.optimized_metric or "")
         if error is None and value is not None and not math.isfinite(value):
             self.status = "diverged"  # it ran, but what a sweep optimizes is not a number
-        steps = self.trainer.global_step if self.trainer is not None else 0
+        steps = self.trainer.global_step if self.trainer is not None else self.start_step
         health = {"status": self.status, "steps": steps, **summary.get("health", {})}
         self.summary = {**summary, "health": health}
         if _rank_zero():
@@ -104,6 +111,7 @@ class RunRecord:
                 status=self.status,
                 error=None if error is None else f"{type(error).__name__}: {error}",
                 steps=steps,
+                resumed_from_step=self.start_step,
                 minutes=minutes,
                 metrics=self.metrics,
                 **{k: v for k, v in self.summary.items() if k != "health"},
@@ -120,6 +128,8 @@ class RunRecord:
         wandb_dir = self._finish_wandb(health)
         if error is None:
             log.info("\n".join(self._report(minutes, steps, wandb_dir)))
+        elif self.status == "preempted":
+            log.warning("%s (after %d steps of this run)", error, steps - self.start_step)
         return False
 
     def _finish_wandb(self, health: dict[str, Any]) -> Path | None:
@@ -143,9 +153,11 @@ class RunRecord:
     def _report(self, minutes: float, steps: int, wandb_dir: Path | None) -> list[str]:
         """Where the run's outputs are and how fast it trained."""
         s = self.summary
-        lines = [f"trained {steps} steps in {minutes:.1f} min"]
+        lines = [f"trained {steps - self.start_step} steps in {minutes:.1f} min"]
+        if self.start_step:
+            lines[0] += f" (resumed at step {self.start_step}, now at {steps})"
         if "images_per_sec" in s:
-            lines[0] += f" ({s['images_per_sec']:.0f} training images/s)"
+            lines[0] += f", {s['images_per_sec']:.0f} training images/s"
         if "sample_grid" in s:
             lines.append(f"sample grid:  {s['sample_grid']}")
         if (evaluation := s.get("evaluation")) and minutes:

@@ -31,8 +31,8 @@ def wandb_logger(
 
     mode="online" falls back to offline with a warning when W&B cannot be reached or no API key
     is configured; the offline run can be uploaded later with `wandb sync <run dir>/wandb/offline-run-*`.
-    The mode is passed to `wandb.init`, never through WANDB_MODE, so it cannot leak between the
-    jobs of a Hydra multirun. `swept` (a multirun job's swept key -> value) becomes tags
+    The config gives `mode` (the command line, else $WANDB_MODE, else offline), and it is passed
+    to `wandb.init` explicitly, never set in the environment, so it cannot leak between jobs. `swept` (a multirun job's swept key -> value) becomes tags
     `key=value` (cut to W&B's 64 characters) and the config entry `swept`, so the W&B UI can group and filter by it.
     """
     if mode not in MODES:

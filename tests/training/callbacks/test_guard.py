@@ -105,3 +105,17 @@ def test_post_hoc_ema_profiles_roll_back_with_the_weights(make_cfg):
     assert not [s for s in steps if 4 < s <= 10] and steps[-1] == 16
     last = torch.load(phema / f"phema-{steps[-1]:07d}.pt", weights_only=False)
     assert last["step"] == 16 - 3 - 3  # 16 steps, less 3 skipped, less the 3 rolled back
+
+
+def test_a_rollback_restores_the_lr_schedule_then_cuts_the_rate(make_cfg):
+    """Faults during the warm-up roll back to step 0: the warm-up starts over from there, and
+    the learning rate it reaches is the configured one times lr_factor (not a fraction of it)."""
+    cfg = make_cfg(
+        *FAST, FAULTS, "callbacks.fault_injection.nan_steps=[20,21,22]", "trainer.max_steps=80",
+        "trainer.val_check_interval=40", "lr_scheduler.total_iters=40", "optimizer.lr=1e-3",
+        "callbacks.guard.snapshot_every=1000", "callbacks.guard.max_nonfinite=3", "logger=none",
+    )  # fmt: skip
+    metrics = train(cfg)
+    (event,) = health(cfg)["rollback_events"]
+    assert (event["step"], event["to_step"]) == (23, 0)
+    assert metrics["train/lr"] == pytest.approx(1e-3 * 0.5)

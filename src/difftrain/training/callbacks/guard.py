@@ -108,6 +108,7 @@ class Guard(L.Callback):
             "step": trainer.global_step,
             "module": _to_cpu(pl_module.state_dict()),
             "optimizers": [_to_cpu(opt.state_dict()) for opt in trainer.optimizers],
+            "schedulers": [_to_cpu(c.scheduler.state_dict()) for c in trainer.lr_scheduler_configs],
             "callbacks": [_to_cpu(cb.state_dict()) for cb in _followers(trainer)],
         }
 
@@ -125,13 +126,20 @@ class Guard(L.Callback):
         log.warning(
             "rolling back from step %d to step %d: %s", event["step"], event["to_step"], reason
         )
+        # Everything that steps with the weights goes back with them: the module (weights, EMA,
+        # the noise-level sampler's statistics), the optimizers and the LR schedules. Then the
+        # learning rate is cut, in the optimizers and in what the schedules scale from.
         pl_module.load_state_dict(self.snapshot["module"])
         for optimizer, state in zip(trainer.optimizers, self.snapshot["optimizers"], strict=True):
             optimizer.load_state_dict(state)
             for group in optimizer.param_groups:
                 group["lr"] *= self.lr_factor
-        for config in trainer.lr_scheduler_configs:
-            config.scheduler.base_lrs = [lr * self.lr_factor for lr in config.scheduler.base_lrs]
+        configs = trainer.lr_scheduler_configs
+        for config, state in zip(configs, self.snapshot["schedulers"], strict=True):
+            scheduler = config.scheduler
+            scheduler.load_state_dict(state)
+            scheduler.base_lrs = [lr * self.lr_factor for lr in scheduler.base_lrs]
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
         for callback, state in zip(_followers(trainer), self.snapshot["callbacks"], strict=True):
             callback.rollback_to(state, self.snapshot["step"])
         self.nonfinite.clear()

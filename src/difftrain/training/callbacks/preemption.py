@@ -1,0 +1,96 @@
+"""`Preemption`: a run that is told to stop saves its exact state first, and says so."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+
+log = logging.getLogger(__name__)
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")  # SLURM, Kubernetes, spot instances, submitit
+EXIT_CODE = 143  # 128 + SIGTERM: what schedulers expect of a job that was preempted
+
+
+class Preempted(SystemExit):
+    """The run stopped on a signal after saving a checkpoint; exits with 143 so it is requeued."""
+
+    run_status = "preempted"  # what summary.json calls a run that ends this way
+
+    def __init__(self, message: str):
+        super().__init__(EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Preemption(L.Callback):
+    """On SIGTERM, SIGUSR1 or SIGUSR2 the current step (or validation) finishes, a checkpoint
+    with the exact-resume state is written to `dirpath/last.ckpt`, and the run stops with
+    `Preempted`: summary.json says `preempted` and the process exits with 143.
+
+    A handler that was there before (submitit's requeue, Lightning's SLURM requeue) is called
+    once the checkpoint is written. `ckpt_path=last` resumes from it.
+    """
+
+    def __init__(self, dirpath: str, signals: tuple[str, ...] = SIGNALS):
+        self.dirpath, self.signals = Path(dirpath), tuple(signals)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning's own handlers (installed when fitting starts), which would stop the
+        # run at the next step without a checkpoint.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.signals:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                self._previous[signum] = signal.signal(signum, self._note)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+        self.received = signum
+
+    def _stop_if_asked(self, trainer: L.Trainer) -> None:
+        if self.received is None:
+            return
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        name = signal.Signals(self.received).name
+        previous = self._previous.get(self.received)
+        self._restore()
+        if name != "SIGTERM" and callable(previous):
+            previous(self.received, None)  # a scheduler's own requeue (submitit, Lightning's SLURM)
+        raise Preempted(
+            f"preempted by {name} at step {trainer.global_step}: saved {path}; resume with "
+            f"ckpt_path={path} (or ckpt_path=last in the same run dir)"
+        )
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        self._stop_if_asked(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._stop_if_asked(trainer)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        """Put back the handlers we replaced, where ours is still the one installed (Lightning
+        restores its own originals when it tears down, before or after us)."""
+        for signum, handler in self._previous.items():
+            mine = signal.getsignal(signum) == self._note
+            if (
+                mine
+                and handler is not None
+                and threading.current_thread() is threading.main_thread()
+            ):
+                signal.signal(signum, handler)
+        self._previous = {}

@@ -1,0 +1,65 @@
+"""Preemption: a real training process told to stop saves its exact state, says so, exits 143,
+and resumed it ends bit for bit where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CACHE, FAST, run_module
+
+RUN = [
+    *FAST, "debug=[fast,faults]", "trainer.max_steps=12", "trainer.limit_train_batches=null",
+    "trainer.val_check_interval=6", "logger=none", f"paths.cache_dir={CACHE}",
+]  # fmt: skip
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 12
+    return ckpt["state_dict"]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
+def test_a_signal_saves_the_step_exits_143_and_resumes_exactly(tmp_path, signal_name):
+    run_module("difftrain.cli.train", *RUN, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    cut = tmp_path / "cut"
+    stopped = run_module(
+        "difftrain.cli.train", *RUN, f"hydra.run.dir={cut}", "callbacks.fault_injection.signal_step=4",
+        f"callbacks.fault_injection.signal_name={signal_name}", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "preempted" and summary["steps"] == 5  # step 4 finished
+    assert f"preempted by {signal_name} at step 5" in summary["error"]
+    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+
+    resumed = run_module(
+        "difftrain.cli.train", *RUN, f"hydra.run.dir={cut}", "ckpt_path=last", cwd=tmp_path
+    )
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert "trained 7 steps" in resumed.stdout + resumed.stderr  # this run's, not the total
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    whole, again = weights(tmp_path / "whole"), weights(cut)
+    assert all(torch.equal(whole[k], again[k]) for k in whole), "the resumed run differs"
+
+
+def test_ckpt_path_last_without_a_checkpoint_says_so_and_starts(tmp_path):
+    result = run_module(
+        "difftrain.cli.train", *RUN, "trainer.max_steps=2", "ckpt_path=last",
+        f"hydra.run.dir={tmp_path / 'fresh'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert "no checkpoint in" in result.stdout + result.stderr
+    assert "starts from scratch" in result.stdout + result.stderr
+
+
+def test_the_handlers_are_restored_after_fitting(make_cfg):
+    from difftrain.cli.train import train
+
+    before = signal.getsignal(signal.SIGTERM)
+    train(make_cfg(*FAST, "logger=none"))
+    assert signal.getsignal(signal.SIGTERM) == before
