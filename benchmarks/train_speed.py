@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from difftrain.config import CONFIG_DIR
+from difftrain.config import CONFIG_DIR, compose_net
 from difftrain.diffusion.denoiser import Denoiser
 from difftrain.diffusion.objectives import EpsObjective
 from difftrain.diffusion.schedules import CosineSchedule
@@ -70,6 +69,7 @@ class DiffusersUNet(nn.Module):
             down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
             up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
         )
+        self.sample_shape = (in_channels, image_size, image_size)
 
     def forward(self, x, c_noise, class_labels=None):
         return self.unet(x, c_noise * 250).sample
@@ -92,12 +92,11 @@ def main() -> None:
     torch.manual_seed(0)
 
     names = args.nets or sorted(p.stem for p in (Path(CONFIG_DIR) / "net").glob("*.yaml"))
-    data = {"channels": args.channels, "image_size": args.image_size}
-    nets = {}
-    for name in names:
-        cfg = OmegaConf.load(Path(CONFIG_DIR) / "net" / f"{name}.yaml")
-        cfg = OmegaConf.merge({"data": data}, {"net": cfg}).net
-        nets[name] = lambda cfg=cfg: instantiate(cfg)
+    nets = {
+        name: partial(compose_net, name, args.channels, args.image_size)
+        for name in names
+        if not name.startswith("_")  # option bases
+    }
     if args.diffusers:
         nets["diffusers_unet2d"] = lambda: DiffusersUNet(args.channels, args.image_size)
 
@@ -107,7 +106,10 @@ def main() -> None:
     )
     print(f"{'net':<18} {'params':>9} {'GFLOP/img':>10} {'images/s':>9} {'GFLOP/s':>8}")
     for name, build in nets.items():
-        images_per_s, gflop, params = measure(build(), shape, args.batch_size, args.steps)
+        net = build()
+        if len(net.sample_shape) != 3:  # not an image net (mlp: toy2d points)
+            continue
+        images_per_s, gflop, params = measure(net, shape, args.batch_size, args.steps)
         print(
             f"{name:<18} {params / 1e6:>8.2f}M {gflop:>10.3f} {images_per_s:>9.1f} {images_per_s * gflop:>8.1f}"
         )

@@ -21,3 +21,22 @@ def test_sampler_speed_compares_every_sampler_with_diffusers_at_equal_nfe():
         "ddim": "4/4", "euler": "4/4", "euler_ancestral": "4/4", "heun": "7/7",
         "dpmpp_2m": "4/4", "dpmpp_2m_sde": "4/4",
     }  # fmt: skip
+
+
+def run_benchmark(name: str, *args: str) -> str:
+    cmd = [sys.executable, str(BENCHMARKS / name), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+
+
+def test_train_speed_measures_every_composed_net_config():
+    out = run_benchmark("train_speed.py", "--nets", "unet_tiny", "mlp", "--steps", "1",
+                        "--image-size", "8", "--batch-size", "4")  # fmt: skip
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
+    assert set(rows) == {"unet_tiny"}, out  # mlp draws points, not images
+    assert all(float(images_per_s) > 0 for _, _, images_per_s, _ in rows.values())
+
+
+def test_activation_memory_compares_both_settings():
+    out = run_benchmark("activation_memory.py", "--net", "unet_tiny", "--batch-size", "4",
+                        "--channels", "1", "--image-size", "8")  # fmt: skip
+    assert "without checkpointing" in out and "with checkpointing" in out and "memory x" in out

@@ -214,6 +214,29 @@ def test_hydra_launcher(option):
         assert cfg.hydra.launcher.max_num_timeout > 0 and cfg.hydra.launcher.tasks_per_node == 1
 
 
+def test_the_slurm_layout_comes_from_the_trainer(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[sweep]'")
+    from difftrain.runs.preflight import check_launcher
+
+    layout = ["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "trainer.devices=4"]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=layout, return_hydra_config=True)
+        auto = compose(
+            "train", overrides=[*layout, "trainer.devices=auto"], return_hydra_config=True
+        )
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    trainer = instantiate(
+        cfg.trainer, accelerator="cpu", precision="32-true", plugins=None, default_root_dir=tmp_path
+    )
+    assert (trainer.num_nodes, trainer.num_devices) == (2, 4)  # what Lightning checks SLURM against
+    assert check_launcher(cfg) == []
+    assert check_launcher(auto) == [
+        "trainer.devices='auto': hydra/launcher=slurm needs a whole number of GPUs (tasks) per "
+        "node, e.g. trainer.devices=2"
+    ]
+
+
 GROUPS = [p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "paths")]
 
 

@@ -25,3 +25,15 @@ def config_dir() -> Path:
 
 
 CONFIG_DIR = str(config_dir())
+
+
+def compose_net(name: str, channels: int, image_size: int, *overrides: str):
+    """The net of option `net=name` for images channels x image_size x image_size, built from the
+    composed config (with its option bases, e.g. `_unet`), as a run would build it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    data = [f"data.channels={channels}", f"data.image_size={image_size}"]
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"net={name}", *data, *overrides])
+    return instantiate(cfg.net)

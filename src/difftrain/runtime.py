@@ -22,3 +22,11 @@ def apply_runtime(seed: int | None, num_threads: int | None, float32_matmul_prec
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when available, else CPU; anything else is passed to torch.device."""
     return torch.device(name if name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def shared_seed(seed: int | None, strategy: object) -> int:
+    """`seed`, or one drawn at random by process 0 and shared with all (so that they agree)."""
+    if seed is not None:
+        return int(seed)
+    drawn = int(torch.randint(0, 2**31 - 1, ()).item())
+    return int(strategy.broadcast(drawn, src=0))

@@ -13,8 +13,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
+from difftrain.data.device import DeviceBatches, augment_batch, device_batches
 from difftrain.data.images import save_grid
 from difftrain.data.transforms import to_model_range, to_uint8
+from difftrain.diffusion.loss import Share
 
 
 class _Mapped(Dataset):
@@ -50,6 +52,8 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 128,
         val_batch_size: int = 256,
         num_workers: int = 0,
+        on_device: bool = True,
+        seed: int | None = 0,
     ):
         super().__init__()
         if value_range[0] >= value_range[1]:
@@ -61,6 +65,7 @@ class ImageDataModule(L.LightningDataModule):
             val_batch_size,
             num_workers,
         )
+        self.hflip, self.translate, self.on_device, self.seed = hflip, translate, on_device, seed
         augment = [v2.RandomHorizontalFlip()] if hflip else []
         if translate > 0:
             augment.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))
@@ -77,7 +82,7 @@ class ImageDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.train_resolution and trainer is not None and trainer.training:
             x, labels = batch
-            batch = F.interpolate(x, size=self.train_resolution, mode="area"), labels
+            batch = [F.interpolate(x, size=self.train_resolution, mode="area"), labels]
         return batch
 
     def normalize(self, x: Tensor) -> Tensor:
@@ -85,6 +90,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def _train_transform(self, x: Tensor) -> Tensor:
         return self.normalize(self.augment(x))
+
+    def _device_transform(self, images: Tensor, generator: torch.Generator, share: Share) -> Tensor:
+        """A batch of uint8 images on the device: augmented, then in the model's range."""
+        x = images.float() / 255
+        return self.normalize(augment_batch(x, generator, share, self.hflip, self.translate))
 
     def to_uint8(self, x: Tensor) -> Tensor:
         """The exact inverse of `normalize`, to uint8 (B, H, W, C)."""
@@ -130,7 +140,13 @@ class ImageDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        """In-memory datasets (digits, mnist, cifar10) are served from the training device
+        (`on_device`); others by a stateful loader with workers (exact resume either way)."""
+        held = getattr(self.train_set.dataset, "images", None) if self.train_set else None
+        in_memory = isinstance(held, Tensor) and held.dtype == torch.uint8
+        if self.on_device and in_memory and self.trainer is not None:
+            return device_batches(self, held, self.train_set.dataset.labels, self._device_transform)
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
+
+from difftrain.data.device import DeviceBatches, device_batches  # noqa: E402
 
 KINDS = ("ring", "grid", "swiss_roll")
 
@@ -89,10 +90,10 @@ class Toy2DDataModule(L.LightningDataModule):
             *toy_points(self.kind, self.num_val, *args, seed=self.seed + 1)
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return StatefulDataLoader(  # checkpointed order and position: exact resume
-            self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True
-        )
+    def train_dataloader(self) -> DeviceBatches:
+        """The points live on the training device; order and position follow the step."""
+        points, labels = self.train_set.tensors
+        return device_batches(self, points, labels, lambda x, generator, share: x)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.val_batch_size)

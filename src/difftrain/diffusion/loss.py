@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -12,22 +15,61 @@ from difftrain.diffusion.schedules import NoiseSchedule
 from difftrain.diffusion.weighting import EDMWeighting, Weighting
 
 
+@dataclass(frozen=True)
+class Share:
+    """Part `rank` of a global batch split in `world` equal parts (one per training process)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def of(self, values: Tensor) -> Tensor:
+        """This part of `values`, drawn for the whole global batch (dim 0)."""
+        size = len(values) // self.world
+        return values[self.rank * size : (self.rank + 1) * size]
+
+
+WHOLE = Share()  # one process: the whole batch
+
+
 class DenoisingLoss(nn.Module):
-    """lambda(sigma) c_out^2 ||F - target||^2 at injected noise levels (Karras et al. 2022, Eq. 8)."""
+    """lambda(sigma) c_out^2 ||F - target||^2 at injected noise levels (Karras et al. 2022, Eq. 8).
+
+    The noise levels and the noise are drawn from `generator` for the whole global batch, and
+    each process keeps its `share`: a step's randomness is the same however many processes
+    share the batch, so a 2-process run trains like a 1-process run of the same global batch.
+    """
 
     def __init__(self, noise_levels: NoiseLevels, weighting: Weighting):
         super().__init__()
         self.noise_levels, self.weighting = noise_levels, weighting
 
     def forward(
-        self, denoiser: Denoiser, schedule: NoiseSchedule, x0: Tensor, cond: Cond | None = None
+        self,
+        denoiser: Denoiser,
+        schedule: NoiseSchedule,
+        x0: Tensor,
+        cond: Cond | None = None,
+        generator: torch.Generator | None = None,
+        share: Share = WHOLE,
+        gather: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Per-example weighted losses (B,) of clean x0 (B, *shape), and the levels drawn (B,)."""
-        sigma, importance = self.noise_levels(x0.shape[0], schedule, x0.device)
-        sigma = sigma.to(x0.dtype)
-        error, c_out = denoiser.error(x0, sigma, torch.randn_like(x0), cond)
+        """Per-example weighted losses (B,) of clean x0 (B, *shape), and the levels drawn (B,).
+
+        `gather` assembles the global batch's losses (rank order) for the noise-level sampler.
+        """
+        n = x0.shape[0] * share.world
+        sigma, importance = self.noise_levels(n, schedule, x0.device, generator)
+        noise = torch.randn(
+            (n, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=generator
+        )
+        sigma, importance, noise = (
+            share.of(sigma).to(x0.dtype),
+            share.of(importance),
+            share.of(noise),
+        )
+        error, c_out = denoiser.error(x0, sigma, noise, cond)
         loss = self.weighting(sigma, c_out).float() * error
-        self.noise_levels.update(loss)
+        self.noise_levels.update(loss.detach() if gather is None else gather(loss.detach()))
         return loss * importance, sigma
 
 

@@ -1,7 +1,8 @@
 """Where training puts its noise levels: samplers of sigma for a batch, with importance weights.
 
-Each is called as `noise_levels(n, schedule, device)` and returns (sigma (n,), weight (n,)); the
-weight is 1 except for importance sampling, where it keeps the loss estimate unbiased.
+Each is called as `noise_levels(n, schedule, device, generator)` and returns (sigma (n,),
+weight (n,)); the weight is 1 except for importance sampling, where it keeps the loss estimate
+unbiased. Every draw comes from `generator` (the training step's, see `DenoisingLoss`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from difftrain.diffusion.schedules import NoiseSchedule
+
+Generator = torch.Generator | None
 
 
 class NoiseLevels(nn.Module):
@@ -24,21 +27,22 @@ class NoiseLevels(nn.Module):
         self.step = step
 
     def forward(
-        self, n: int, schedule: NoiseSchedule, device: torch.device
+        self, n: int, schedule: NoiseSchedule, device: torch.device, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def update(self, losses: Tensor) -> None:
-        """Learn from the per-example losses of the levels drawn last (only importance sampling does)."""
+        """Learn from the per-example losses of the levels drawn last (only importance sampling
+        does); under DDP `losses` are the whole global batch's, gathered in rank order."""
 
 
 class UniformT(NoiseLevels):
     """t ~ U(0, 1), sigma = schedule.sigma(t) (Ho et al. 2020)."""
 
     def forward(
-        self, n: int, schedule: NoiseSchedule, device: torch.device
+        self, n: int, schedule: NoiseSchedule, device: torch.device, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
-        t = torch.rand(n, device=device)
+        t = torch.rand(n, device=device, generator=generator)
         return schedule.sigma(t), torch.ones(n, device=device)
 
 
@@ -50,10 +54,10 @@ class LogNormal(NoiseLevels):
         self.p_mean, self.p_std = p_mean, p_std
 
     def forward(
-        self, n: int, schedule: NoiseSchedule, device: torch.device
+        self, n: int, schedule: NoiseSchedule, device: torch.device, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
-        sigma = torch.exp(self.p_mean + self.p_std * torch.randn(n, device=device))
-        return sigma, torch.ones(n, device=device)
+        z = torch.randn(n, device=device, generator=generator)
+        return torch.exp(self.p_mean + self.p_std * z), torch.ones(n, device=device)
 
 
 class LogitNormal(NoiseLevels):
@@ -64,10 +68,10 @@ class LogitNormal(NoiseLevels):
         self.mean, self.std = mean, std
 
     def forward(
-        self, n: int, schedule: NoiseSchedule, device: torch.device
+        self, n: int, schedule: NoiseSchedule, device: torch.device, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
-        t = torch.sigmoid(self.mean + self.std * torch.randn(n, device=device))
-        return schedule.sigma(t), torch.ones(n, device=device)
+        z = torch.randn(n, device=device, generator=generator)
+        return schedule.sigma(torch.sigmoid(self.mean + self.std * z)), torch.ones(n, device=device)
 
 
 class LossSecondMoment(NoiseLevels):
@@ -75,7 +79,8 @@ class LossSecondMoment(NoiseLevels):
 
     t is drawn uniformly until every one of `num_bins` bins holds `history` losses; then bin b is
     drawn with p_b proportional to sqrt(mean of its squared losses), mixed with `uniform_prob` of
-    the uniform distribution, and its losses are weighted by 1 / (num_bins p_b).
+    the uniform distribution, and its losses are weighted by 1 / (num_bins p_b). The statistics
+    stay on the device and are updated without a host round trip.
     """
 
     def __init__(self, num_bins: int = 100, history: int = 10, uniform_prob: float = 0.001):
@@ -86,30 +91,36 @@ class LossSecondMoment(NoiseLevels):
         self._last_bins: Tensor | None = None
 
     def probabilities(self) -> Tensor:
-        """p_b, shape (num_bins,)."""
-        if (self.counts < self.losses.shape[1]).any():
-            return torch.full((self.num_bins,), 1 / self.num_bins, device=self.losses.device)
+        """p_b, shape (num_bins,): uniform until every bin is full."""
+        full = (self.counts >= self.losses.shape[1]).all()
         p = self.losses.square().mean(1).sqrt()
-        p = p / p.sum()
-        return p * (1 - self.uniform_prob) + self.uniform_prob / self.num_bins
+        p = p / p.sum().clamp(min=1e-30)
+        p = p * (1 - self.uniform_prob) + self.uniform_prob / self.num_bins
+        return torch.where(full, p, torch.full_like(p, 1 / self.num_bins))
 
     def forward(
-        self, n: int, schedule: NoiseSchedule, device: torch.device
+        self, n: int, schedule: NoiseSchedule, device: torch.device, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
         p = self.probabilities().to(device)
-        bins = torch.multinomial(p, n, replacement=True)
-        t = (bins + torch.rand(n, device=device)) / self.num_bins
+        bins = torch.multinomial(p, n, replacement=True, generator=generator)
+        t = (bins + torch.rand(n, device=device, generator=generator)) / self.num_bins
         self._last_bins = bins
         return schedule.sigma(t), 1 / (self.num_bins * p[bins])
 
     @torch.no_grad()
     def update(self, losses: Tensor) -> None:
+        """Append each loss to its bin's ring of the last `history` losses, in batch order."""
         if self._last_bins is None:
             return
-        for b, loss in zip(self._last_bins.tolist(), losses.detach().float().tolist(), strict=True):
-            self.losses[b] = torch.roll(self.losses[b], -1)
-            self.losses[b, -1] = loss
-            self.counts[b] += 1
+        bins, losses = self._last_bins.to(self.counts.device), losses.detach().float()
+        history = self.losses.shape[1]
+        order = torch.argsort(bins, stable=True)  # each bin's losses together, in batch order
+        bins, losses = bins[order], losses.to(self.losses.device)[order]
+        first = torch.searchsorted(bins, bins)  # where each bin's run starts
+        occurrence = torch.arange(len(bins), device=bins.device) - first
+        slot = (self.counts[bins] + occurrence) % history
+        self.losses.index_put_((bins, slot), losses)  # a bin drawn > history times: last wins
+        self.counts.index_add_(0, bins, torch.ones_like(bins))
         self._last_bins = None
 
 
@@ -146,14 +157,14 @@ class Curriculum(NoiseLevels):
         return lo, hi
 
     def forward(
-        self, n: int, schedule: NoiseSchedule, device: torch.device
+        self, n: int, schedule: NoiseSchedule, device: torch.device, generator: Generator = None
     ) -> tuple[Tensor, Tensor]:
         if self.step >= self.steps:
-            return self.base(n, schedule, device)
+            return self.base(n, schedule, device, generator)
         lo, hi = self.sigma_range(schedule)
         sigmas, weights, have = [], [], 0
         for _ in range(100):
-            sigma, weight = self.base(n, schedule, device)
+            sigma, weight = self.base(n, schedule, device, generator)
             keep = (sigma >= lo) & (sigma <= hi)
             sigmas.append(sigma[keep])
             weights.append(weight[keep])
@@ -161,10 +172,9 @@ class Curriculum(NoiseLevels):
             if have >= n:
                 break
         else:  # the base almost never draws in range: fall back to log-uniform levels in it
-            u = torch.rand(n, device=device)
-            return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))), torch.ones(
-                n, device=device
-            )
+            u = torch.rand(n, device=device, generator=generator)
+            sigma = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+            return sigma, torch.ones(n, device=device)
         return torch.cat(sigmas)[:n], torch.cat(weights)[:n]
 
     def update(self, losses: Tensor) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from difftrain.nets.layers import (
     Downsample,
@@ -29,6 +31,10 @@ class UNet(nn.Module):
     With num_classes > 0 the net is class-conditional; label `num_classes` is the null class
     (unconditional), which is what `class_labels=None` means. With augment_dim > 0 the net also
     takes non-leaking augmentation labels (B, augment_dim); None means "not augmented".
+
+    With `checkpoint_activations`, each block's activations are recomputed in the backward pass
+    instead of kept (torch.utils.checkpoint): training memory falls to about the blocks' outputs,
+    for about one more forward pass of compute. Evaluation and sampling are unaffected.
     """
 
     def __init__(
@@ -44,8 +50,10 @@ class UNet(nn.Module):
         norm_groups: int = 32,
         num_classes: int = 0,
         augment_dim: int = 0,
+        checkpoint_activations: bool = False,
     ):
         super().__init__()
+        self.checkpoint_activations = checkpoint_activations
         levels = len(channel_mult)
         self.channel_mult = list(channel_mult)
         self.check_image_size(image_size)
@@ -138,17 +146,23 @@ class UNet(nn.Module):
                 class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device)
             emb = emb + self.class_emb(class_labels)
 
+        run = _run
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            run = partial(checkpoint, _run, use_reentrant=False)
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
-            for layer in layers:
-                h = layer(h, emb)
+            h = run(layers, h, emb)
             skips.append(h)
-        for layer in self.mid:
-            h = layer(h, emb)
+        h = run(self.mid, h, emb)
         for layers in self.up:
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            for layer in layers:
-                h = layer(h, emb)
+            h = run(layers, h, emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+    for layer in layers:
+        h = layer(h, emb)
+    return h

@@ -341,6 +341,23 @@ class Preflight(Callback):
             problems += check_checkpoint(None if ckpt in (None, "last") else ckpt, config)[0]
         exit_on_bad_input(raise_problems)(problems)
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        exit_on_bad_input(raise_problems)(check_launcher(config))
+
+
+def check_launcher(config: DictConfig) -> list[str]:
+    """The SLURM launcher takes its layout from the trainer: both must be whole numbers."""
+    target = OmegaConf.select(config, "hydra.launcher._target_", default="") or ""
+    if "SlurmLauncher" not in target or "trainer" not in config:
+        return []
+    return [
+        f"trainer.{key}={value!r}: hydra/launcher=slurm needs a whole number of "
+        + ("GPUs (tasks) per node" if key == "devices" else "nodes")
+        + f", e.g. trainer.{key}=2"
+        for key in ("devices", "num_nodes")
+        if not (isinstance(value := config.trainer.get(key), int) and value > 0)
+    ]
+
 
 def exit_on_bad_input(function: Any) -> Any:
     """For a CLI's main: a ConfigError exits with its message alone (code 1), no traceback."""

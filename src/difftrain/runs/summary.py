@@ -126,9 +126,9 @@ class RunRecord:
                 json.dumps({k: v for k, v in health.items() if k != "val_losses"}, default=str),
             )
         wandb_dir = self._finish_wandb(health)
-        if error is None:
+        if error is None and _rank_zero():
             log.info("\n".join(self._report(minutes, steps, wandb_dir)))
-        elif self.status == "preempted":
+        elif self.status == "preempted" and _rank_zero():
             log.warning("%s (after %d steps of this run)", error, steps - self.start_step)
         return False
 

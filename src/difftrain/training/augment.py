@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from difftrain.diffusion.loss import WHOLE, Share
+
 LABEL_DIM = 7  # xflip, yflip, cos(rotation) - 1, sin(rotation), x and y translation, log2 scale
 
 
@@ -29,18 +31,26 @@ class AugmentPipe:
         self.p, self.xflip, self.yflip, self.rotate90 = p, xflip, yflip, rotate90
         self.translate, self.scale_std = translate, scale_std
 
-    def __call__(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Augmented images (B, C, H, W) and their augmentation labels (B, LABEL_DIM)."""
-        b, device = images.shape[0], images.device
+    def __call__(
+        self, images: Tensor, generator: torch.Generator | None = None, share: Share = WHOLE
+    ) -> tuple[Tensor, Tensor]:
+        """Augmented images (B, C, H, W) and their augmentation labels (B, LABEL_DIM); the
+        choices are drawn from `generator` for the global batch, and this `share` kept."""
+        b, n = images.shape[0], images.shape[0] * share.world
+        options = {"device": images.device, "generator": generator}
 
         def chosen() -> Tensor:
-            return (torch.rand(b, device=device) < self.p).float()
+            return (share.of(torch.rand(n, **options)) < self.p).float()
 
         xflip = chosen() * self.xflip
         yflip = chosen() * self.yflip
-        angle = chosen() * self.rotate90 * torch.randint(1, 4, (b,), device=device) * (math.pi / 2)
-        shift = chosen()[:, None] * (torch.rand(b, 2, device=device) * 2 - 1) * self.translate * 2
-        log2_scale = chosen() * torch.randn(b, device=device) * self.scale_std
+        quarter_turns = share.of(torch.randint(1, 4, (n,), **options))
+        angle = chosen() * self.rotate90 * quarter_turns * (math.pi / 2)
+        shift = (
+            chosen()[:, None] * (share.of(torch.rand(n, 2, **options)) * 2 - 1) * self.translate * 2
+        )
+        log2_scale = chosen() * share.of(torch.randn(n, **options)) * self.scale_std
+        device = images.device
 
         # The inverse map from output to input coordinates, for affine_grid (normalized [-1, 1]).
         cos, sin, scale = torch.cos(angle), torch.sin(angle), torch.exp2(-log2_scale)

@@ -1,13 +1,15 @@
-"""EMA of the network weights: decay schedules for `torch.optim.swa_utils.AveragedModel`."""
+"""EMA of the network weights: decay schedules and an average that never waits for the host."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
+
+Count = int | Tensor  # a number of updates, on the host or on the device
 
 
 @dataclass(frozen=True)
@@ -20,8 +22,9 @@ class WarmupDecay:
         if not 0 <= self.decay < 1:
             raise ValueError(f"ema decay must be in [0, 1), got {self.decay}")
 
-    def __call__(self, n: int) -> float:
-        return min(self.decay, (1 + n) / (10 + n))
+    def __call__(self, n: Count) -> float | Tensor:
+        ramp = (1 + n) / (10 + n)
+        return ramp.clamp(max=self.decay) if isinstance(ramp, Tensor) else min(self.decay, ramp)
 
 
 @dataclass(frozen=True)
@@ -33,15 +36,38 @@ class PowerDecay:
 
     gamma: float = 6.94
 
-    def __call__(self, n: int) -> float:
+    def __call__(self, n: Count) -> float | Tensor:
+        if isinstance(n, Tensor):
+            return torch.where(n > 0, (1 - 1 / n.clamp(min=1)) ** (self.gamma + 1), 0.0)
         return (1 - 1 / n) ** (self.gamma + 1) if n > 0 else 0.0
 
 
-def ema_model(model: nn.Module, decay: Callable[[int], float]) -> AveragedModel:
-    """A frozen copy of `model` whose `update_parameters(model)` applies the decay schedule."""
+class EMA(nn.Module):
+    """A frozen copy of `model` (`self.module`) averaging its weights with decay(n) after n updates.
 
-    def update(ema: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
-        torch._foreach_lerp_(ema, current, 1 - decay(int(num_averaged)))
+    Like torch's AveragedModel with a multi_avg_fn (the first update copies), but the update runs
+    on the device end to end: `skip`, a device tensor, leaves the average and the count unchanged
+    without asking the host (AveragedModel compares its count on the host twice per update).
+    """
 
-    averaged = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
-    return averaged.requires_grad_(False)
+    def __init__(self, model: nn.Module, decay: Callable[[Count], float | Tensor]):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, skip: Tensor | None = None) -> None:
+        n = self.n_averaged
+        weight = torch.where(n == 0, 1.0, 1 - self.decay(n.float()))  # first update: a copy
+        if skip is not None:
+            weight = weight * (~skip)
+        ours = [
+            t for t in (*self.module.parameters(), *self.module.buffers()) if t.is_floating_point()
+        ]
+        theirs = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        torch._foreach_lerp_(ours, [t.detach() for t in theirs], weight.to(ours[0].dtype))
+        self.n_averaged += 1 if skip is None else (~skip).long()
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)

@@ -11,19 +11,22 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from difftrain.diffusion.denoiser import Denoiser
-from difftrain.diffusion.generate import Diffusion, seeded_noise
-from difftrain.diffusion.loss import DenoisingLoss, x0_error
+from difftrain.diffusion.generate import Diffusion, seeded_generator, seeded_noise
+from difftrain.diffusion.loss import WHOLE, DenoisingLoss, Share, x0_error
 from difftrain.diffusion.objectives import Objective, check_compatible
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
 from difftrain.nets.protocol import Net
+from difftrain.runtime import shared_seed
 from difftrain.training.augment import AugmentPipe
-from difftrain.training.ema import ema_model
+from difftrain.training.distributed import is_sharded
+from difftrain.training.ema import EMA
 from difftrain.training.health import bucket_names
-from difftrain.training.optim import parameter_groups
+from difftrain.training.optim import parameter_groups, skip_update
 from difftrain.training.report import StepReport
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+TRAINING_STREAM = 2**30  # the step generators' seeds, apart from sampling's (diffusion.generate)
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
@@ -31,8 +34,13 @@ class DiffusionModule(L.LightningModule):
     """Trains `Denoiser(net, objective)` with `loss` (noise levels and weighting injected).
 
     A training step: `loss` draws noise levels and noise and returns per-example losses; the
-    update skips steps whose loss or gradient is not finite (weights and EMA both); the EMA then
-    follows the update. Callbacks see the step as a `StepReport` (`outputs["report"]`).
+    update skips steps whose loss or gradient is not finite (weights and EMA both, decided on the
+    device and agreed by every process); the EMA then follows the update. Callbacks see the step
+    as a `StepReport` (`outputs["report"]`).
+
+    Every random choice of step s (noise levels, noise, label dropout, augmentation) comes from a
+    generator seeded by (`seed`, s), drawn for the global batch, of which each process keeps its
+    share: the run is the same for any number of processes, and resumes exactly.
 
     The EMA copy of the denoiser is what validation and sampling (`generate`) use. `val/loss` is
     the EDM-weighted x0 error (`diffusion.loss.x0_error`) at fixed log-uniform noise levels in
@@ -57,6 +65,7 @@ class DiffusionModule(L.LightningModule):
         val_sigma_edges: Sequence[float] = (0.1, 1.0, 10.0),
         val_seed: int = 0,
         augment: AugmentPipe | None = None,
+        seed: int | None = None,
     ):
         super().__init__()
         check_compatible(schedule, objective)
@@ -69,9 +78,8 @@ class DiffusionModule(L.LightningModule):
         if not 0 <= label_dropout < 1:
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
         self.denoiser = Denoiser(net, objective)
-        self.ema = ema_model(self.denoiser, ema_decay)
-        self.diffusion = Diffusion(self.ema.module, schedule, sampler)  # what sampling uses
-        self.schedule, self.loss, self.augment = schedule, loss, augment
+        self.ema = EMA(self.denoiser, ema_decay)
+        self.schedule, self.sampler, self.loss, self.augment = schedule, sampler, loss, augment
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.label_dropout = label_dropout
         self.val_sigma_range, self.val_seed = tuple(val_sigma_range), val_seed
@@ -79,57 +87,96 @@ class DiffusionModule(L.LightningModule):
         self.val_loss, self.val_loss_online = MeanMetric(), MeanMetric()
         buckets = len(bucket_names(self.val_sigma_edges, "val/loss"))
         self.val_bucket_loss = nn.ModuleList(MeanMetric() for _ in range(buckets))
-        self.nonfinite_steps = 0
+        self.seed = seed  # of every training step's draws; None: drawn at random when fitting
+        self.register_buffer("nonfinite_steps", torch.tensor(0), persistent=False)
         self._report: StepReport | None = None
 
-    def _cond(self, labels: Tensor, train: bool) -> dict[str, Tensor]:
-        """The net's conditioning: class labels, in training replaced by the null class at random."""
+    @property
+    def diffusion(self) -> Diffusion:
+        """The EMA weights with the schedule and the run's sampler: what sampling uses. Built on
+        each use: a strategy may have wrapped `ema.module` since (FSDP)."""
+        return Diffusion(self.ema.module, self.schedule, self.sampler)
+
+    def setup(self, stage: str) -> None:
+        self.seed = shared_seed(self.seed, self.trainer.strategy)  # all processes draw alike
+
+    def _cond(
+        self, labels: Tensor, generator: torch.Generator | None = None, share: Share = WHOLE
+    ) -> dict[str, Tensor]:
+        """The net's conditioning: class labels; in training (a generator) replaced by the null
+        class at random, which classifier-free guidance needs."""
         num_classes = self.denoiser.net.num_classes
         if not num_classes:
             return {}
-        if train and self.label_dropout:
-            drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
-            labels = labels.masked_fill(drop, num_classes)
+        if generator is not None and self.label_dropout:
+            n = len(labels) * share.world
+            u = share.of(torch.rand(n, device=labels.device, generator=generator))
+            labels = labels.masked_fill(u < self.label_dropout, num_classes)
         return {"class_labels": labels}
+
+    def step_generator(self) -> torch.Generator:
+        """The generator of this training step's draws, seeded by (seed, global step)."""
+        return seeded_generator(self.seed or 0, TRAINING_STREAM + self.global_step, self.device)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, object]:
         x0, labels = batch
-        cond = self._cond(labels, train=True)
+        generator = self.step_generator()
+        share = Share(self.global_rank, self.trainer.world_size)
+        cond = self._cond(labels, generator, share)
         if self.augment is not None:  # non-leaking: the net is told how each image was augmented
-            x0, cond["augment_labels"] = self.augment(x0)
+            x0, cond["augment_labels"] = self.augment(x0, generator, share)
         self.loss.noise_levels.set_step(self.global_step)
-        losses, sigma = self.loss(self.denoiser, self.schedule, x0, cond)
-        images = x0.shape[0] * self.trainer.world_size
-        self._report = StepReport(losses.detach(), sigma.detach(), images)
+        gather = (lambda t: self.all_gather(t).flatten(0, 1)) if share.world > 1 else None
+        losses, sigma = self.loss(self.denoiser, self.schedule, x0, cond, generator, share, gather)
         loss = losses.mean()
-        self.log("train/loss", loss, prog_bar=True)
+        mean = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")  # every process's
+        self._report = StepReport(losses.detach(), sigma.detach(), len(x0) * share.world, mean)
+        self.log("train/loss", mean, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return {"loss": loss, "report": self._report}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure) -> None:
-        """Update the weights, then the EMA; skip both when the loss or gradient is not finite."""
+        """Update the weights, then the EMA; skip both when the loss or the gradient is not finite
+        on any process. Decided on the device: the host never waits for it."""
         loss = optimizer_closure()  # training_step and backward
         report = self._report
         grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
-        report.grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        report.skipped = (
-            loss is None or not torch.isfinite(loss) or not math.isfinite(report.grad_norm.item())
-        )
-        if report.skipped:
-            self.nonfinite_steps += 1
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            optimizer.step()  # runs on_before_optimizer_step and gradient clipping, then the update
-            self.ema.update_parameters(self.denoiser)
+        square = torch.stack(torch._foreach_norm(grads)).square().sum()
+        if is_sharded(self.trainer.strategy):  # each process holds a part of every gradient
+            square = self.trainer.strategy.reduce(square, reduce_op="sum")
+        report.grad_norm = square.sqrt()
+        bad = ~torch.isfinite(report.grad_norm)
+        if loss is not None:
+            bad |= ~torch.isfinite(loss.detach())
+        bad = self.trainer.strategy.reduce(bad.float(), reduce_op="max") > 0  # agreed by all
+        report.skipped = bad
+        self.nonfinite_steps += bad.long()
+        skip_update(optimizer, bad)  # runs on_before_optimizer_step and clipping, then the update
+        self.ema.update(self.denoiser, skip=bad)
         report.parameters = {n: p.detach() for n, p in self.denoiser.named_parameters()}
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps))
+        self.log("train/nonfinite_steps", self.nonfinite_steps.float())
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Lightning's clipping; with sharded weights (FSDP), FSDP's clip over every part."""
+        if gradient_clip_val and is_sharded(self.trainer.strategy):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(
+                    f"trainer=fsdp clips by norm only, not {gradient_clip_algorithm!r}"
+                )
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, labels = batch
         index = batch_idx * self.trainer.val_dataloaders.batch_size + torch.arange(x0.shape[0])
         sigma, noise = self._fixed_noise(index, x0.shape[1:])
         sigma, noise = sigma.to(x0), noise.to(x0)
-        cond = self._cond(labels, train=False)
+        cond = self._cond(labels)
         losses = x0_error(self.ema.module, x0, sigma, noise, cond)
         self.val_loss.update(losses)
         self.val_loss_online.update(x0_error(self.denoiser, x0, sigma, noise, cond))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -42,3 +42,22 @@ def parameter_groups(model: nn.Module) -> list[dict]:
             skip = param.ndim < 2 or isinstance(module, (nn.Embedding, nn.GroupNorm, nn.LayerNorm))
             (no_decay if skip else decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def skip_update(optimizer: Optimizer, skip: Tensor) -> None:
+    """optimizer.step(), or nothing where `skip` (a device bool) is true.
+
+    Fused optimizers (torch's fused Adam, AdamW and SGD) skip on the device, as GradScaler makes
+    them: no host sync. Others need the host to know, once per step.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # Lightning wraps it
+    if inner.defaults.get("fused"):
+        inner.found_inf = skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del inner.found_inf
+    elif not skip.item():
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)

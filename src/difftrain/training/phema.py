@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from difftrain.training.distributed import is_sharded
 from difftrain.training.ema import PowerDecay
 from difftrain.training.report import StepReport
 
@@ -114,45 +115,50 @@ class PostHocEMA(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
     ) -> None:
         report: StepReport = outputs["report"]
-        if report.skipped:
-            return
-        self.updates += 1
         params = report.parameters
         if not self.emas:  # fresh: the first average is the weights themselves
             self.emas = [{n: p.clone() for n, p in params.items()} for _ in self.sigma_rels]
+            self.updates = torch.zeros((), dtype=torch.long, device=pl_module.device)
+        keep = ~torch.as_tensor(report.skipped, device=pl_module.device)  # on the device: no wait
+        self.updates = self.updates + keep.long()
         for decay, ema in zip(self.decays, self.emas, strict=True):
-            torch._foreach_lerp_(list(ema.values()), list(params.values()), 1 - decay(self.updates))
-        if trainer.global_step % self.snapshot_every == 0 and trainer.is_global_zero:
+            weight = (1 - decay(self.updates.float())) * keep
+            torch._foreach_lerp_(list(ema.values()), list(params.values()), weight)
+        due = trainer.global_step % self.snapshot_every == 0 and trainer.is_global_zero
+        if due and not report.skipped:  # (a wait for the device, at snapshots only)
             self._save(trainer.global_step)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if is_sharded(trainer.strategy):
+            raise ValueError(
+                "post-hoc EMA (callbacks=phema) keeps whole weights on every process, which "
+                "trainer=fsdp shards: use trainer=ddp, or drop callbacks=phema"
+            )
         self.emas = [{n: p.to(pl_module.device) for n, p in ema.items()} for ema in self.emas]
+        self.updates = torch.as_tensor(self.updates, device=pl_module.device)
 
     def _save(self, step: int) -> None:
         profiles = [{n: p.cpu().clone() for n, p in ema.items()} for ema in self.emas]
         self.dirpath.mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"step": self.updates, "sigma_rels": self.sigma_rels, "profiles": profiles},
+            {"step": int(self.updates), "sigma_rels": self.sigma_rels, "profiles": profiles},
             self.dirpath / f"phema-{step:07d}.pt",
         )
 
     def state_dict(self) -> dict:
         emas = [{n: p.cpu() for n, p in ema.items()} for ema in self.emas]
-        return {"updates": self.updates, "emas": emas}
+        return {"updates": int(self.updates), "emas": emas}
 
     def load_state_dict(self, state: dict) -> None:
-        self.updates, self.emas = state["updates"], state["emas"]
+        self.updates, self.emas = torch.tensor(state["updates"]), state["emas"]
 
     @torch.no_grad()
     def rollback_to(self, state: dict, step: int) -> None:
         """Called by the guard when it restores the weights of `step`: the profiles go back with
         them, and snapshots written since then (averaging weights that were thrown away) go."""
-        self.load_state_dict(
-            {
-                "updates": state["updates"],
-                "emas": [{n: p.to(self._device()) for n, p in e.items()} for e in state["emas"]],
-            }
-        )
+        device = self._device()
+        self.emas = [{n: p.to(device) for n, p in ema.items()} for ema in state["emas"]]
+        self.updates = torch.tensor(state["updates"], device=device)
         for path in self.dirpath.glob("phema-*.pt"):
             if int(path.stem.split("-")[1]) > step:
                 path.unlink()

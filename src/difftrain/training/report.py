@@ -1,5 +1,8 @@
 """The interfaces between the training module and its callbacks.
 
+Values are device tensors: a callback that needs one on the host (`.item()`) makes the host wait
+for the device, so the default callbacks do that only every few steps.
+
 Each training step, `DiffusionModule` returns a `StepReport` (as `outputs["report"]` of
 `on_train_batch_end`): callbacks read what happened from it and never from module attributes.
 At the end of a run, each callback that `Summarizes` contributes to the run's `summary.json`.
@@ -17,12 +20,13 @@ from torch import Tensor
 class StepReport:
     """What one training step did, filled in as the step runs; tensors stay on the device."""
 
-    losses: Tensor  # (B,) per-example weighted losses, detached
+    losses: Tensor  # (B,) this process's per-example weighted losses, detached
     sigma: Tensor  # (B,) the noise levels they were drawn at
     images: int  # examples in the step, over all processes
+    loss: Tensor  # () the step's mean loss over all processes: decisions use this one
     parameters: dict[str, Tensor] = field(default_factory=dict)  # online weights after the update
-    grad_norm: Tensor | None = None  # () the gradient's norm before clipping
-    skipped: bool = False  # loss or gradient not finite: neither weights nor EMA were updated
+    grad_norm: Tensor | None = None  # () the gradient's norm before clipping (all processes')
+    skipped: Tensor | bool = False  # () loss or gradient not finite on some process: no update
 
 
 @runtime_checkable

@@ -89,7 +89,7 @@ class Guard(L.Callback):
             self.nonfinite.append(step)
         while self.nonfinite and self.nonfinite[0] <= step - self.window:
             self.nonfinite.popleft()
-        spike = not report.skipped and self.spikes(report.losses.mean().item())
+        spike = not report.skipped and self.spikes(report.loss.item())  # every process's mean
         self.spike_steps += spike
         self.spike_run = self.spike_run + 1 if spike else 0
         pl_module.log("train/loss_spikes", float(self.spike_steps))

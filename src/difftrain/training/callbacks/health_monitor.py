@@ -22,8 +22,9 @@ class TrainingHealth(L.Callback):
     ratio, as `health/*`.
 
     Its end-of-run summary (health.json, the W&B run summary, the log): the loss trend over the
-    last `trend_fraction` of training, non-finite steps, the final gradient norm and whether
-    val/loss is still improving.
+    last `trend_fraction` of training, non-finite steps, the final gradient norm, whether
+    val/loss is still improving and, under DDP, how far the processes' states differ
+    (`ranks_differ_by`, from checksums of every tensor: 0 when they hold identical bits).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class TrainingHealth(L.Callback):
         self.val_losses: list[float] = []
         self.nonfinite_steps = 0
         self.last_grad_norm: torch.Tensor | None = None
+        self.ranks_differ_by: float | None = None  # DDP: largest difference of state checksums
         self._before: torch.Tensor | None = None
 
     def _due(self, trainer: L.Trainer) -> bool:
@@ -74,12 +76,13 @@ class TrainingHealth(L.Callback):
         self.bucket_sum = sums if self.bucket_sum is None else self.bucket_sum + sums
         self.bucket_count = counts if self.bucket_count is None else self.bucket_count + counts
         self.loss_steps.append(trainer.global_step)
-        self.losses.append(losses.mean().item())
+        self.losses.append(report.loss.item())  # every process's mean
         if not self._due(trainer):
             return
 
-        if self.sigma_edges:
-            totals, counts = self.bucket_sum.tolist(), self.bucket_count.tolist()
+        if self.sigma_edges:  # summed over the processes' examples
+            totals = trainer.strategy.reduce(self.bucket_sum, reduce_op="sum").tolist()
+            counts = trainer.strategy.reduce(self.bucket_count, reduce_op="sum").tolist()
             for name, total, count in zip(self.bucket_names, totals, counts, strict=True):
                 if count:
                     pl_module.log(name, total / count)
@@ -92,6 +95,17 @@ class TrainingHealth(L.Callback):
             pl_module.log("health/update_ratio", ratio.item())
             self._before = None
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Under DDP: do the processes hold the same state (weights, EMA, noise-level statistics)?"""
+        if trainer.world_size == 1:
+            return
+        state = [t for t in pl_module.state_dict().values() if t.is_floating_point()]
+        sums = torch.stack(
+            [torch.stack([t.double().sum(), t.double().square().sum()]) for t in state]
+        )
+        everyone = trainer.strategy.all_gather(sums)  # (processes, tensors, 2)
+        self.ranks_differ_by = (everyone - everyone[0]).abs().max().item()
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and "val/loss" in trainer.callback_metrics:
             self.val_losses.append(trainer.callback_metrics["val/loss"].item())
@@ -102,12 +116,17 @@ class TrainingHealth(L.Callback):
             "health": {
                 "final_loss": self.losses[-1] if self.losses else float("nan"),
                 "loss_trend_per_1k_steps": log_slope(self.loss_steps[-tail:], self.losses[-tail:]),
-                "nonfinite_steps": self.nonfinite_steps,
+                "nonfinite_steps": int(self.nonfinite_steps),
                 "final_grad_norm": float("nan")
                 if self.last_grad_norm is None
                 else self.last_grad_norm.item(),
                 "val_losses": self.val_losses,
                 "val_loss_improving": len(self.val_losses) >= 2
                 and self.val_losses[-1] < min(self.val_losses[:-1]),
+                **(
+                    {}
+                    if self.ranks_differ_by is None
+                    else {"ranks_differ_by": self.ranks_differ_by}
+                ),
             }
         }

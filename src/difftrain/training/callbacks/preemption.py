@@ -10,6 +10,7 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+import torch
 
 log = logging.getLogger(__name__)
 SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")  # SLURM, Kubernetes, spot instances, submitit
@@ -58,11 +59,15 @@ class Preemption(L.Callback):
         self.received = signum
 
     def _stop_if_asked(self, trainer: L.Trainer) -> None:
-        if self.received is None:
+        received = self.received is not None
+        if trainer.world_size > 1:  # one process told is all told: they stop at the same step
+            flag = torch.tensor(float(received), device=trainer.strategy.root_device)
+            received = bool(trainer.strategy.reduce(flag, reduce_op="max") > 0)
+        if not received:
             return
         path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
-        name = signal.Signals(self.received).name
+        trainer.save_checkpoint(path)  # every process takes part; the first one writes
+        name = signal.Signals(self.received or signal.SIGTERM).name
         previous = self._previous.get(self.received)
         self._restore()
         if name != "SIGTERM" and callable(previous):

@@ -35,9 +35,13 @@ class SampleGrid(L.Callback):
         if trainer.sanity_checking:
             return
         self.validations += 1
-        if self.validations % self.every_n_validations or not trainer.is_global_zero:
+        if self.validations % self.every_n_validations:
             return
+        # Every process draws (they would wait for rank 0 anyway): sharded weights (FSDP) are
+        # gathered from all of them. Rank 0 writes.
         images, nfe = pl_module.generate(self.num_samples, seed=self.seed, guidance=self.guidance)
+        if not trainer.is_global_zero:
+            return
         path = self.dirpath / f"step_{trainer.global_step:07d}.png"
         self.last_path = trainer.datamodule.save_samples(images, path)
         for logger in trainer.loggers:
