@@ -174,3 +174,29 @@ def tiny_multirun(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}", cwd=root,
     )  # fmt: skip
     return sweep
+
+
+TEXT = [
+    *[o for o in FAST if not o.startswith(("net=", "callbacks.evaluate", "evaluator."))],
+    "experiment=captioned_digits",
+    "net.channels=16",
+    "net.head_channels=16",
+    "net.norm_groups=4",
+    "data.dataset.max_glyphs=200",
+    "trainer.max_steps=4",
+    "logger=none",
+    "callbacks.alignment.num_seen=8",
+    "callbacks.alignment.num_per_held_out=2",
+    "callbacks.alignment.judge_images=500",
+    "callbacks.alignment.judge_epochs=1",
+    "callbacks.alignment.judge_min_accuracy=0",
+    f"paths.cache_dir={CACHE}",
+]  # fmt: skip  a 4-step captioned_digits run (tiny net, weak judge accepted)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run dir of a 4-step text-to-image run, shared by the tests that sample from one."""
+    run = tmp_path_factory.mktemp("text") / "run"
+    run_module("difftrain.cli.train", *TEXT, f"hydra.run.dir={run}", cwd=run.parent)
+    return run

@@ -247,5 +247,16 @@ GROUPS = [p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra
 def test_every_option_passes_the_start_up_checks(make_cfg, override):
     from difftrain.runs.preflight import check_values
 
-    extra = ["experiment=toy2d"] if override == "evaluator=toy" else []
+    extra = {"evaluator=toy": ["experiment=toy2d"], "text_encoder=tiny": ["data=captioned_digits"]}
+    extra = extra.get(override, [])
     assert check_values(make_cfg(override, *extra)) == []
+
+
+def test_a_text_encoder_without_captions_says_which_data_has_them(make_cfg):
+    from hydra.errors import InstantiationException
+
+    with pytest.raises(
+        InstantiationException,
+        match="has none to build its vocabulary from: use data=captioned_digits",
+    ):
+        instantiate(make_cfg("text_encoder=tiny").net)

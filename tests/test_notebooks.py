@@ -45,3 +45,12 @@ def test_noise_schedules_notebook_draws_the_schedules(tmp_path):
     assert (tmp_path / "noise_schedules.png").is_file() and (
         tmp_path / "forward_process.png"
     ).is_file()
+
+
+def test_text_to_image_notebook_draws_a_prompt_grid(tiny_text_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFTRAIN_CKPT", str(tiny_text_run / "checkpoints" / "last.ckpt"))
+    nb = run_notebook("04_text_to_image.ipynb", tmp_path)
+    assert (tmp_path / "prompt_grid.png").is_file()
+    assert "row 8: a small red one on a black background, bottom left" in "".join(
+        o.get("text", "") for o in nb.cells[-1].outputs
+    )

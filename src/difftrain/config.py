@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 import difftrain.runs.sweep  # noqa: F401  registers the ${job:...} resolver the configs use
 from difftrain.data.datasets import folder_classes
@@ -16,6 +16,21 @@ from difftrain.data.datasets import folder_classes
 RUN_ID = secrets.token_hex(3)
 OmegaConf.register_new_resolver("run_id", lambda: RUN_ID, replace=True)
 OmegaConf.register_new_resolver("image_folder_classes", folder_classes, replace=True)
+
+
+def _caption_vocab(kind: str, root: str | None = None) -> ListConfig:
+    """The words of a dataset's captions (its tokenizer's vocabulary):
+    ${caption_vocab:captioned_digits}, or ${caption_vocab:folder,<root>} for a caption folder."""
+    from difftrain.data.captioned import caption_vocab, folder_vocab
+
+    if kind == "captioned_digits":
+        return OmegaConf.create(caption_vocab())
+    if kind == "folder" and root:
+        return OmegaConf.create(folder_vocab(root))
+    raise ValueError(f"no caption vocabulary for {kind!r}: use captioned_digits or folder,<root>")
+
+
+OmegaConf.register_new_resolver("caption_vocab", _caption_vocab, replace=True)
 
 
 def config_dir() -> Path:

@@ -2,21 +2,87 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import statistics
+import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
+log = logging.getLogger(__name__)
+
 
 def apply_runtime(seed: int | None, num_threads: int | None, float32_matmul_precision: str) -> None:
-    """Set the seed and torch's global knobs for this run; clears a seed left by an earlier job."""
+    """Set the seed and torch's global knobs for this run; clears a seed left by an earlier job.
+
+    Threads: `num_threads`, or, for a job of a multirun whose jobs run side by side on this
+    machine (hydra/launcher=parallel), its share of the cores; else torch's default (all cores).
+    """
     if seed is None:
         os.environ.pop("PL_GLOBAL_SEED", None)
     else:
         L.seed_everything(seed, workers=True)
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    threads = num_threads or (cores() // side_by_side_jobs() if side_by_side_jobs() > 1 else 0)
+    if threads:
+        torch.set_num_threads(max(1, threads))
     torch.set_float32_matmul_precision(float32_matmul_precision)
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def side_by_side_jobs() -> int:
+    """How many jobs of the running multirun share this machine at once: the joblib launcher's
+    n_jobs (-1: one per core), else 1."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().launcher
+    if "JoblibLauncher" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = int(launcher.get("n_jobs") or 1)
+    return cores() if n_jobs < 0 else n_jobs
+
+
+def runnable_elsewhere(samples: int = 5, interval: float = 0.02) -> float:
+    """Threads of other processes ready to run on this machine now (Linux /proc/loadavg's
+    runnable count, less this process's one, median of a few samples); 0 where unknown, and
+    where the last minute's load average says the machine has been mostly idle."""
+    loadavg = Path("/proc/loadavg")
+    if not loadavg.is_file() or os.getloadavg()[0] < cores() / 2:
+        return 0.0
+    counts = []
+    for _ in range(samples):
+        counts.append(int(loadavg.read_text().split()[3].split("/")[0]) - 1)
+        time.sleep(interval)
+    return max(0.0, statistics.median(counts))
+
+
+def oversubscription(threads: int, others: float, available: int) -> str | None:
+    """A warning when `threads` of ours and `others` runnable threads need far more than the
+    `available` cores: two CPU trainings side by side each run several times slower than half."""
+    if threads + others <= 1.25 * available:
+        return None
+    return (
+        f"this machine is oversubscribed: {others:.0f} other threads are ready to run on its "
+        f"{available} cores, beside this run's {threads}. Each run then gets much less than its "
+        f"share. Run trainings one after another, or give each a share of the cores "
+        f"(num_threads=<cores / runs>; a parallel multirun does this itself)"
+    )
+
+
+def warn_if_oversubscribed() -> None:
+    """Log `oversubscription` for this process, on the CPU (GPU runs use few CPU threads)."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":  # DDP workers: their siblings are no strangers
+        return
+    message = oversubscription(torch.get_num_threads(), runnable_elsewhere(), cores())
+    if message:
+        log.warning(message)
 
 
 def resolve_device(name: str) -> torch.device:

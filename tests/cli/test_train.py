@@ -54,6 +54,7 @@ def test_mnist_run(make_cfg, tmp_path):
     train(make_cfg(*FAST, "data=mnist", f"data.dataset.root={root}", RANDOM_LABELS, "logger=none"))
 
 
+@pytest.mark.slow  # 60-80 s on 2 cores
 @pytest.mark.skipif(
     not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="real MNIST not at ../shared/data"
 )

@@ -30,6 +30,12 @@ def test_digits_split_is_fixed_and_disjoint():
     assert not flat(train) & flat(val) - {tuple([0] * 256)}
 
 
+def test_digits_in_three_channels_are_grey_rgb():
+    grey, rgb = ds.digits("val", image_size=16), ds.digits("val", image_size=16, channels=3)
+    assert rgb.images.shape == (180, 3, 16, 16)
+    assert all(torch.equal(rgb.images[:, c], grey.images[:, 0]) for c in range(3))
+
+
 def test_mnist_from_torchvision_layout(tmp_path):
     root = write_mnist(tmp_path)
     train, val = ds.mnist("train", str(root)), ds.mnist("val", str(root))

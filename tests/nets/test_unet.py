@@ -109,3 +109,28 @@ def test_activation_checkpointing_keeps_gradients_and_saves_memory():
         checkpointed = net(x, sigma)
         net.checkpoint_activations = False
         torch.testing.assert_close(checkpointed, net(x, sigma))
+
+
+def text_unet():
+    from difftrain.text.encoders import TinyTextEncoder
+
+    encoder = TinyTextEncoder(["a", "red", "blue", "seven", "three"], max_length=4, dim=8, heads=2)
+    return UNet(3, 16, **TINY, text_encoder=encoder, cross_attn_resolutions=(8,))
+
+
+def test_a_text_net_follows_its_prompt_and_no_prompt_is_the_empty_caption():
+    torch.manual_seed(0)
+    net = text_unet()
+    randomize(net)
+    x, c = torch.randn(2, 3, 16, 16), torch.randn(2)
+    tokens = net.tokenizer.encode(["a red seven", "a blue three"])
+    out = net(x, c, text_tokens=tokens)
+    swapped = net(x, c, text_tokens=tokens.flip(0))
+    assert not torch.allclose(out, swapped)  # the prompt changes the prediction
+    empty = net(x, c, **net.null_cond({"text_tokens": tokens}))
+    torch.testing.assert_close(empty, net(x, c))  # text_tokens=None is the empty caption
+
+
+def test_cross_attention_without_a_text_encoder_is_refused():
+    with pytest.raises(ValueError, match="no text encoder: choose one \\(text_encoder=tiny\\)"):
+        UNet(3, 16, **TINY, cross_attn_resolutions=(8,))

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 from difftrain.config import CONFIG_DIR
 from difftrain.runs.sweep import Job, current_job, describe_sweep, failure_rate
 from difftrain.runs.tracking import read_offline_run
+from difftrain.runtime import cores
 from tests.conftest import DIVERGING, TINY_TOY, run_module
 
 
@@ -90,6 +91,7 @@ def test_multirun_jobs_are_named_grouped_and_summarized(tiny_multirun):
         and finished["pid"] != diverged["pid"]
     )
     assert finished["group"] == diverged["group"] == f"toy2d-{sweep['launched']}"
+    assert finished["threads"] == max(1, cores() // 2)  # 2 jobs side by side: half the cores each
     assert finished["metrics"]["val/loss"] > 0 and finished["health"]["rollbacks"] == 0
     assert diverged["health"]["rollbacks"] >= 1 and diverged["steps"] < 24
     wandb_run = read_offline_run(next((tiny_multirun / "0" / "wandb").glob("offline-run-*")))

@@ -21,6 +21,7 @@ from difftrain.data.images import save_grid, save_npz, save_pngs
 from difftrain.diffusion.generate import class_labels
 from difftrain.diffusion.samplers import Sampler
 from difftrain.runs.preflight import (
+    ConfigError,
     check_values,
     check_writable,
     exit_on_bad_input,
@@ -39,13 +40,18 @@ def sample(cfg: DictConfig) -> Path:
     check_arguments(cfg, outputs={"out": Path(cfg.out).absolute().parent})
     if cfg.format not in ("npz", "png"):
         raise ValueError(f"format must be npz or png, got {cfg.format!r}")
+    prompts = read_prompts(cfg)
     model = load_models(cfg.ckpt, resolve_device(cfg.device))
+    if prompts is not None:
+        check_prompts(model, prompts)
     if len(model.shape) == 1:
         return _sample_points(cfg, model)
-    uint8, nfe, sampler, labels = draw(cfg, model, cfg.class_labels)
+    uint8, nfe, sampler, labels = draw(cfg, model, cfg.class_labels, prompts=prompts)
     extra = {"nfe": np.array(nfe), "seed": np.array(cfg.seed), "step": np.array(model.global_step)}
     if labels is not None:
         extra["labels"] = labels.numpy()
+    if prompts:
+        extra["prompts"] = np.array([prompts[i % len(prompts)] for i in range(cfg.n)])
     out = save_npz(uint8, cfg.out, **extra) if cfg.format == "npz" else save_pngs(uint8, cfg.out)
     grid = save_grid(uint8[: cfg.grid_size], Path(cfg.out).with_suffix(".png"))
     print(f"wrote {cfg.n} samples ({sampler.steps} steps, NFE {nfe}) to {out} and a grid to {grid}")
@@ -78,6 +84,34 @@ def _sample_points(cfg: DictConfig, model: TrainedModel) -> Path:
     return out
 
 
+def read_prompts(cfg: DictConfig) -> list[str] | None:
+    """`prompt`, or the lines of the file `prompts` (blank lines skipped), or None."""
+    if cfg.get("prompt") and cfg.get("prompts"):
+        raise ConfigError("give prompt= or prompts= (a file), not both")
+    if cfg.get("prompt"):
+        return [str(cfg.prompt)]
+    if not cfg.get("prompts"):
+        return None
+    path = Path(cfg.prompts)
+    if not path.is_file():
+        raise ConfigError(f"prompts={cfg.prompts}: no such file (one prompt per line)")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"prompts={cfg.prompts} has no prompt (one per line)")
+    return lines
+
+
+def check_prompts(model: TrainedModel, prompts: list[str]) -> None:
+    """Fail, naming the problem, on prompts the checkpoint cannot read, before drawing."""
+    tokenizer = getattr(model.diffusion.denoiser.net, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError("this checkpoint reads no text: drop prompt=/prompts=")
+    try:
+        tokenizer.encode(prompts)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_arguments(cfg: DictConfig, outputs: dict[str, Path]) -> None:
     """Fail on bad arguments and unwritable outputs before loading or sampling anything."""
     raise_problems(check_values(cfg) + check_writable(**outputs), "these arguments")
@@ -97,6 +131,7 @@ def draw(
     model: TrainedModel,
     requested_labels: Sequence[int] | None,
     images: bool = True,
+    prompts: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, int, Sampler, torch.Tensor | None]:
     """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance: uint8
     images (N, H, W, C), or with images=False model-space samples (N, *shape); also the NFE, the
@@ -108,6 +143,7 @@ def draw(
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         labels=requested_labels,
+        prompts=prompts,
         guidance=cfg.guidance,
     )
     return samples, nfe, sampler, class_labels(cfg.n, model.num_classes, requested_labels)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,7 +31,7 @@ from difftrain.runs.preflight import (
 )
 from difftrain.runs.summary import RunRecord
 from difftrain.runs.sweep import Job, current_job, failure_rate
-from difftrain.runtime import apply_runtime
+from difftrain.runtime import apply_runtime, warn_if_oversubscribed
 from difftrain.training.callbacks.guard import TrainingDiverged
 from difftrain.training.callbacks.preemption import Preempted
 
@@ -44,6 +45,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     checkpoint_problems, start_step = check_checkpoint(ckpt_path, cfg)
     raise_problems(check_values(cfg) + check_writable(**outputs) + checkpoint_problems)
     apply_runtime(cfg.seed, cfg.num_threads, cfg.float32_matmul_precision)
+    if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
+        warn_if_oversubscribed()
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     job = job or current_job(cfg.task_name)
     with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric, start_step) as record:
@@ -51,7 +54,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
         model = instantiate(cfg.model)
         model.save_hyperparameters({"config": config}, logger=False)  # rebuilds it from a ckpt
         loggers = [instantiate(c) for c in cfg.logger.values()]
-        callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
         trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         for logger in loggers:
             logger.log_hyperparams(config)

@@ -100,6 +100,11 @@ class ImageDataModule(L.LightningDataModule):
         """The exact inverse of `normalize`, to uint8 (B, H, W, C)."""
         return to_uint8(x, self.value_range)
 
+    def prompts(self, n: int) -> list[str] | None:
+        """The first n captions of the validation set (cycled), for a captioned dataset; else None."""
+        captions = getattr(self.val_set.dataset, "captions", None) if self.val_set else None
+        return [captions[i % len(captions)] for i in range(n)] if captions else None
+
     def save_samples(self, samples: Tensor, path: str | Path) -> Path:
         """A PNG grid of model-range images (B, C, H, W)."""
         return save_grid(self.to_uint8(samples), path)

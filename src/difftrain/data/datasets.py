@@ -59,9 +59,10 @@ def _split_indices(n: int, split: str, val_fraction: float, seed: int) -> Tensor
 
 
 def digits(
-    split: str, image_size: int = 16, val_fraction: float = 0.1, seed: int = 0
+    split: str, image_size: int = 16, val_fraction: float = 0.1, seed: int = 0, channels: int = 1
 ) -> TensorImages:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), resized."""
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), resized, in
+    `channels` identical channels (3: grey RGB images, e.g. to try an RGB recipe)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -70,7 +71,8 @@ def digits(
     )
     idx = _split_indices(len(images), split, val_fraction, seed)
     labels = torch.from_numpy(bunch.target)
-    return TensorImages(_resize_uint8(images[idx], image_size), labels[idx])
+    images = _resize_uint8(images[idx], image_size).expand(-1, channels, -1, -1).contiguous()
+    return TensorImages(images, labels[idx])
 
 
 def _torchvision(cls: type, name: str, split: str, root: str, download: bool) -> Dataset:

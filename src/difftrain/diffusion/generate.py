@@ -43,6 +43,19 @@ def class_labels(
     return labels[torch.arange(start, start + n) % len(labels)]
 
 
+def prompt_tokens(
+    n: int, tokenizer, prompts: Sequence[str] | None = None, start: int = 0
+) -> Tensor | None:
+    """The token rows (n, L) of samples start .. start + n - 1: `prompts` cycled; None for a net
+    that reads no text (`tokenizer` None)."""
+    if prompts is not None and tokenizer is None:
+        raise ValueError("prompts given, but the net reads no text (it has no text encoder)")
+    if tokenizer is None or not prompts:
+        return None
+    rows = tokenizer.encode(list(prompts))
+    return rows[torch.arange(start, start + n) % len(rows)]
+
+
 @dataclass
 class Diffusion:
     """A denoiser with its noise schedule and default sampler: all that drawing samples needs.
@@ -69,6 +82,7 @@ class Diffusion:
         start: int = 0,
         batch_size: int = 256,
         labels: Sequence[int] | None = None,
+        prompts: Sequence[str] | None = None,
         guidance: float = 1.0,
     ) -> tuple[Tensor, int]:
         """Samples start .. start + n - 1 of stream `seed`, (n, *shape) in the model's space, and
@@ -77,7 +91,9 @@ class Diffusion:
         Sample i starts from its own noise (seed, i) and, for a class-conditional net, has class
         `class_labels(...)[i]`, so a deterministic sampler draws the same images whatever the batch
         size, and n samples split over processes (by `start`) are the n samples of one process.
-        With guidance != 1, classifier-free guidance mixes in the unconditional prediction.
+        A net that reads text (one with a `tokenizer`) draws sample i from `prompts[i % len]`, or
+        with no prompt (the empty caption) when there are none. With guidance != 1,
+        classifier-free guidance mixes in the unconditional prediction.
         """
         if n < 1:
             raise ValueError(f"the number of samples must be >= 1, got {n}")
@@ -85,8 +101,9 @@ class Diffusion:
         sampler.check(self.schedule)
         net = self.denoiser.net
         y = class_labels(n, net.num_classes, labels, start)
+        tokens = prompt_tokens(n, getattr(net, "tokenizer", None), prompts, start)
         denoiser = self.denoiser
-        if y is not None and guidance != 1:
+        if (y is not None or tokens is not None) and guidance != 1:
             denoiser = ClassifierFreeGuidance(denoiser, guidance, net.null_cond)
         device = next(self.denoiser.parameters()).device
         out, nfe = [], 0
@@ -94,6 +111,8 @@ class Diffusion:
             index = torch.arange(first, min(first + batch_size, start + n))
             noise = seeded_noise(seed, index, self.shape).to(device)
             cond = {} if y is None else {"class_labels": y[index - start].to(device)}
+            if tokens is not None:
+                cond["text_tokens"] = tokens[index - start].to(device)
             steps = seeded_generator(seed, STEP_STREAM + first, device)
             x, nfe = sampler(denoiser, noise, self.schedule, cond=cond, generator=steps)
             out.append(x.cpu())

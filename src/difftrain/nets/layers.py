@@ -11,11 +11,26 @@ from torch import Tensor, nn
 
 
 def null_class(cond: Mapping[str, Tensor], num_classes: int) -> dict[str, Tensor]:
-    """`cond` with every class label replaced by the null class `num_classes` (no class)."""
-    labels = cond.get("class_labels")
-    if labels is None:
-        return dict(cond)
-    return {**cond, "class_labels": torch.full_like(labels, num_classes)}
+    """`cond` made unconditional: every class label replaced by the null class `num_classes` (no
+    class), every caption (`text_tokens`) by the empty caption (all padding)."""
+    out = dict(cond)
+    if "class_labels" in out:
+        out["class_labels"] = torch.full_like(out["class_labels"], num_classes)
+    if "text_tokens" in out:
+        out["text_tokens"] = torch.zeros_like(out["text_tokens"])
+    return out
+
+
+def read_prompt(
+    text_encoder: nn.Module, tokens: Tensor | None, batch: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The prompt's token states (B, L, D), their mask (B, L) and their masked mean (B, D), for
+    token rows `tokens`; None is the empty caption (no prompt)."""
+    if tokens is None:
+        tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    states, mask = text_encoder(tokens)
+    pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return states, mask, pooled
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -88,6 +103,33 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, H*W, head_channels)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H*W, head_channels)
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the pixels of a feature map to text token states, as a residual
+    branch (Stable Diffusion's cross-attention): queries from the pixels, keys and values from
+    the tokens (B, L, context_dim), masked tokens ignored."""
+
+    def __init__(self, channels: int, context_dim: int, head_channels: int, groups: int):
+        super().__init__()
+        if channels % head_channels:
+            raise ValueError(
+                f"attention channels {channels} not divisible by head_channels {head_channels}"
+            )
+        self.heads = channels // head_channels
+        self.norm = nn.GroupNorm(groups, channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, context: tuple[Tensor, Tensor]) -> Tensor:
+        states, mask = context  # (B, L, context_dim), (B, L) true for tokens to attend to
+        B, C, H, W = x.shape
+        q = self.q(self.norm(x)).reshape(B, self.heads, C // self.heads, H * W).transpose(-1, -2)
+        k, v = self.kv(states.to(x.dtype)).reshape(B, -1, 2, self.heads, C // self.heads).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, head_channels)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])
         return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
 
 

@@ -2,9 +2,13 @@
 
 `diffusion.denoiser.Denoiser`, classifier-free guidance, the samplers and the training module see a
 net only through this protocol. Conditioning travels as a mapping of named tensors, batch first,
-that they pass through untouched (k-diffusion's `extra_args`): `class_labels` (B,) and, in training
-only, `augment_labels` (B, D) today; a new kind of conditioning (text embeddings, say) is a new
-name that the net reads, with no new argument anywhere else.
+that they pass through untouched (k-diffusion's `extra_args`): `class_labels` (B,), `text_tokens`
+(B, L) and, in training only, `augment_labels` (B, D); a new kind of conditioning is a new name
+that the net reads, with no new argument anywhere else.
+
+A net that reads text also has a `tokenizer` (`text.tokenizer.WordTokenizer`: prompts to
+`text_tokens`); the training module and `Diffusion.generate` look for it. Its empty caption (all
+padding) is its "no prompt", which `null_cond` gives.
 """
 
 from __future__ import annotations

@@ -11,12 +11,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from difftrain.nets.layers import (
+    CrossAttention,
     Downsample,
     NoiseEmbedding,
     ResBlock,
     SelfAttention,
     Upsample,
     null_class,
+    read_prompt,
     zero_init,
 )
 from difftrain.nets.protocol import Cond
@@ -31,6 +33,12 @@ class UNet(nn.Module):
     With num_classes > 0 the net is class-conditional; label `num_classes` is the null class
     (unconditional), which is what `class_labels=None` means. With augment_dim > 0 the net also
     takes non-leaking augmentation labels (B, augment_dim); None means "not augmented".
+
+    With a `text_encoder` (e.g. `text.encoders.TinyTextEncoder`) the net reads prompts, as token
+    rows `text_tokens` (B, L) of the encoder's tokenizer (`self.tokenizer`): their states are added,
+    mean-pooled, to the noise embedding, and attended to by cross-attention after each block at
+    `cross_attn_resolutions` and in the middle (Stable Diffusion's layout). The empty caption
+    (all padding) is "no prompt", which `text_tokens=None` means.
 
     With `checkpoint_activations`, each block's activations are recomputed in the backward pass
     instead of kept (torch.utils.checkpoint): training memory falls to about the blocks' outputs,
@@ -51,6 +59,8 @@ class UNet(nn.Module):
         num_classes: int = 0,
         augment_dim: int = 0,
         checkpoint_activations: bool = False,
+        text_encoder: nn.Module | None = None,
+        cross_attn_resolutions: Sequence[int] = (),
     ):
         super().__init__()
         self.checkpoint_activations = checkpoint_activations
@@ -58,9 +68,16 @@ class UNet(nn.Module):
         self.channel_mult = list(channel_mult)
         self.check_image_size(image_size)
         resolutions = [image_size // 2**i for i in range(levels)]
-        if unknown := set(attn_resolutions) - set(resolutions):
+        for name, chosen in (("attn", attn_resolutions), ("cross_attn", cross_attn_resolutions)):
+            if unknown := set(chosen) - set(resolutions):
+                raise ValueError(
+                    f"{name}_resolutions {sorted(unknown)} not among the UNet's resolutions "
+                    f"{resolutions}"
+                )
+        if cross_attn_resolutions and text_encoder is None:
             raise ValueError(
-                f"attn_resolutions {sorted(unknown)} not among the UNet's resolutions {resolutions}"
+                "net.cross_attn_resolutions attend to text, but there is no text encoder: choose "
+                "one (text_encoder=tiny) or set net.cross_attn_resolutions=[]"
             )
         widths = [channels * m for m in channel_mult]
         if bad := [w for w in widths if w % norm_groups]:
@@ -72,12 +89,21 @@ class UNet(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, emb_ch) if num_classes else None
         self.augment_dim = augment_dim
         self.augment_emb = nn.Linear(augment_dim, emb_ch, bias=False) if augment_dim else None
+        self.text_encoder = text_encoder
+        self.tokenizer = getattr(text_encoder, "tokenizer", None)
+        text_dim = text_encoder.dim if text_encoder is not None else 0
+        self.text_pool = nn.Linear(text_dim, emb_ch) if text_encoder is not None else None
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+
+        def cross(ch: int) -> CrossAttention:
+            return CrossAttention(ch, text_dim, min(head_channels, ch), norm_groups)
 
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
             layers = [ResBlock(cin, cout, emb_ch, dropout, norm_groups)]
             if res in attn_resolutions:
                 layers.append(SelfAttention(cout, min(head_channels, cout), norm_groups))
+            if res in cross_attn_resolutions:
+                layers.append(cross(cout))
             return nn.ModuleList(layers)
 
         # Encoder: record the width of every skip connection.
@@ -96,6 +122,7 @@ class UNet(nn.Module):
             [
                 ResBlock(ch, ch, emb_ch, dropout, norm_groups),
                 SelfAttention(ch, min(head_channels, ch), norm_groups),
+                *([cross(ch)] if text_encoder is not None else []),
                 ResBlock(ch, ch, emb_ch, dropout, norm_groups),
             ]
         )
@@ -137,8 +164,14 @@ class UNet(nn.Module):
         *,
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
+        text_tokens: Tensor | None = None,
     ) -> Tensor:
         emb = self.noise_emb(c_noise.expand(x.shape[0]))
+        context = None
+        if self.text_encoder is not None:
+            states, mask, pooled = read_prompt(self.text_encoder, text_tokens, len(x), x.device)
+            context = (states, mask)
+            emb = emb + self.text_pool(pooled.to(emb.dtype))
         if self.augment_emb is not None and augment_labels is not None:
             emb = emb + self.augment_emb(augment_labels.to(emb.dtype))
         if self.class_emb is not None:
@@ -152,17 +185,19 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for layers in self.down:
-            h = run(layers, h, emb)
+            h = run(layers, h, emb, context)
             skips.append(h)
-        h = run(self.mid, h, emb)
+        h = run(self.mid, h, emb, context)
         for layers in self.up:
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = run(layers, h, emb)
+            h = run(layers, h, emb, context)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+def _run(
+    layers: nn.ModuleList, h: Tensor, emb: Tensor, context: tuple[Tensor, Tensor] | None
+) -> Tensor:
     for layer in layers:
-        h = layer(h, emb)
+        h = layer(h, context) if isinstance(layer, CrossAttention) else layer(h, emb)
     return h

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from difftrain.training.report import Summarizes
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class RunRecord:
             write_summary(
                 self.run_dir, status="running", name=self.job.name, group=self.job.group,
                 swept=self.job.swept, host=socket.gethostname(), pid=os.getpid(),
+                threads=torch.get_num_threads(),
             )  # fmt: skip
         return self
 

@@ -18,12 +18,13 @@ from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
 from difftrain.nets.protocol import Net
 from difftrain.runtime import shared_seed
+from difftrain.text.tokenizer import PAD
 from difftrain.training.augment import AugmentPipe
 from difftrain.training.distributed import is_sharded
 from difftrain.training.ema import EMA
 from difftrain.training.health import bucket_names
 from difftrain.training.optim import parameter_groups, skip_update
-from difftrain.training.report import StepReport
+from difftrain.training.report import StepReport, logs_this_step
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 TRAINING_STREAM = 2**30  # the step generators' seeds, apart from sampling's (diffusion.generate)
@@ -47,7 +48,11 @@ class DiffusionModule(L.LightningModule):
     `val_sigma_range` and fixed noise per example: comparable across epochs and across runs with
     other objectives, weightings or schedules. It is also logged per noise-level bucket (edges in
     `val_sigma_edges`). With a class-conditional net, labels are replaced by the null class with
-    probability `label_dropout`, which classifier-free guidance needs.
+    probability `label_dropout`, which classifier-free guidance needs; with a net that reads text
+    (the batch's labels are then caption token rows), captions by the empty caption.
+
+    With `compile` (True, or a torch.compile mode such as "max-autotune-no-cudagraphs"), the
+    trained net's forward is compiled; the EMA copy, which samples, is not.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class DiffusionModule(L.LightningModule):
         val_seed: int = 0,
         augment: AugmentPipe | None = None,
         seed: int | None = None,
+        compile: bool | str = False,
     ):
         super().__init__()
         check_compatible(schedule, objective)
@@ -79,6 +85,9 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
         self.denoiser = Denoiser(net, objective)
         self.ema = EMA(self.denoiser, ema_decay)
+        if compile:  # the trained net only, in place (the same weights and state_dict keys)
+            mode = None if compile is True else compile
+            self.denoiser.net.compile(mode=mode, dynamic=False)
         self.schedule, self.sampler, self.loss, self.augment = schedule, sampler, loss, augment
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.label_dropout = label_dropout
@@ -103,16 +112,22 @@ class DiffusionModule(L.LightningModule):
     def _cond(
         self, labels: Tensor, generator: torch.Generator | None = None, share: Share = WHOLE
     ) -> dict[str, Tensor]:
-        """The net's conditioning: class labels; in training (a generator) replaced by the null
-        class at random, which classifier-free guidance needs."""
-        num_classes = self.denoiser.net.num_classes
-        if not num_classes:
+        """The net's conditioning: class labels, or the captions' token rows (B, L) for a net that
+        reads text; in training (a generator) replaced at random by the null class or the empty
+        caption, which classifier-free guidance needs."""
+        net = self.denoiser.net
+        text = getattr(net, "tokenizer", None) is not None
+        if not net.num_classes and not text:
             return {}
         if generator is not None and self.label_dropout:
             n = len(labels) * share.world
-            u = share.of(torch.rand(n, device=labels.device, generator=generator))
-            labels = labels.masked_fill(u < self.label_dropout, num_classes)
-        return {"class_labels": labels}
+            drop = share.of(torch.rand(n, device=labels.device, generator=generator))
+            drop = drop < self.label_dropout
+            if text:
+                labels = labels.masked_fill(drop[:, None], PAD)  # the empty caption
+            else:
+                labels = labels.masked_fill(drop, net.num_classes)
+        return {"text_tokens": labels} if text else {"class_labels": labels}
 
     def step_generator(self) -> torch.Generator:
         """The generator of this training step's draws, seeded by (seed, global step)."""
@@ -130,9 +145,11 @@ class DiffusionModule(L.LightningModule):
         losses, sigma = self.loss(self.denoiser, self.schedule, x0, cond, generator, share, gather)
         loss = losses.mean()
         mean = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")  # every process's
-        self._report = StepReport(losses.detach(), sigma.detach(), len(x0) * share.world, mean)
-        self.log("train/loss", mean, prog_bar=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        images, logs = len(x0) * share.world, logs_this_step(self.trainer)
+        self._report = StepReport(losses.detach(), sigma.detach(), images, mean, logs=logs)
+        if logs:  # only then: logging a value makes the host wait for the device
+            self.log("train/loss", mean)
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return {"loss": loss, "report": self._report}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure) -> None:
@@ -154,7 +171,8 @@ class DiffusionModule(L.LightningModule):
         skip_update(optimizer, bad)  # runs on_before_optimizer_step and clipping, then the update
         self.ema.update(self.denoiser, skip=bad)
         report.parameters = {n: p.detach() for n, p in self.denoiser.named_parameters()}
-        self.log("train/nonfinite_steps", self.nonfinite_steps.float())
+        if report.logs:
+            self.log("train/nonfinite_steps", self.nonfinite_steps.float())
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None

@@ -39,5 +39,6 @@ class ResolutionCurriculum(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
-        pl_module.log("train/resolution", float(batch[0].shape[-1]))
+        if outputs["report"].logs:  # logging a number copies it to the device: a sync
+            pl_module.log("train/resolution", float(batch[0].shape[-1]))
         trainer.datamodule.set_train_resolution(self.resolution(trainer.global_step))  # the next

@@ -44,7 +44,9 @@ class Guard(L.Callback):
     The module already skips steps whose loss or gradient is not finite. A rollback follows when
     `max_nonfinite` such steps fall within `window` steps, or when the loss stays a spike (see
     `SpikeDetector`) for `spike_patience` steps in a row. The good state is snapshotted in memory
-    every `snapshot_every` healthy steps. After `max_rollbacks` rollbacks the run stops with
+    every `snapshot_every` healthy steps. The steps are read on the host on logging steps
+    (`trainer.log_every_n_steps`), all at once, so that the other steps never wait for the
+    device. After `max_rollbacks` rollbacks the run stops with
     `TrainingDiverged`, saying what happened and what to try.
     """
 
@@ -69,7 +71,8 @@ class Guard(L.Callback):
         self.spike_steps = self.spike_run = self.rollbacks = 0
         self.events: list[dict] = []
         self.snapshot: dict | None = None
-        self.snapshot_due = True
+        self.snapshot_due, self.next_snapshot = True, 0
+        self.pending: list[tuple[int, torch.Tensor, torch.Tensor | bool]] = []  # unread steps
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
@@ -83,27 +86,46 @@ class Guard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
     ) -> None:
+        # Each step's loss and skip flag stay on the device until a logging step reads them all at
+        # once: a rollback then comes up to log_every_n_steps late, while the module's skip has
+        # kept every non-finite update out of the weights meanwhile.
         report: StepReport = outputs["report"]
-        step = trainer.global_step
-        if report.skipped:
-            self.nonfinite.append(step)
-        while self.nonfinite and self.nonfinite[0] <= step - self.window:
-            self.nonfinite.popleft()
-        spike = not report.skipped and self.spikes(report.loss.item())  # every process's mean
-        self.spike_steps += spike
-        self.spike_run = self.spike_run + 1 if spike else 0
-        pl_module.log("train/loss_spikes", float(self.spike_steps))
+        self.pending.append((trainer.global_step, report.loss, report.skipped))
+        if report.logs:
+            self._check(trainer, pl_module)
 
-        if len(self.nonfinite) >= self.max_nonfinite:
-            reason = f"{len(self.nonfinite)} non-finite steps within {self.window} steps"
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        steps = [step for step, _, _ in self.pending]
+        losses = torch.stack([torch.as_tensor(loss).float() for _, loss, _ in self.pending])
+        skipped = torch.stack(
+            [torch.as_tensor(bad).to(losses.device) for _, _, bad in self.pending]
+        )
+        losses, skipped = losses.tolist(), skipped.tolist()  # the one read of the host
+        self.pending.clear()
+        reason = None
+        for step, loss, bad in zip(steps, losses, skipped, strict=True):
+            if bad:
+                self.nonfinite.append(step)
+            while self.nonfinite and self.nonfinite[0] <= step - self.window:
+                self.nonfinite.popleft()
+            spike = not bad and self.spikes(loss)  # every process's mean
+            self.spike_steps += spike
+            self.spike_run = self.spike_run + 1 if spike else 0
+            if len(self.nonfinite) >= self.max_nonfinite:
+                reason = f"{len(self.nonfinite)} non-finite steps within {self.window} steps"
+            elif self.spike_run >= self.spike_patience:
+                reason = f"the loss stayed a spike for {self.spike_run} steps"
+            if reason:
+                break
+        pl_module.log("train/loss_spikes", float(self.spike_steps))
+        step = trainer.global_step
+        if reason:
             self._rollback(trainer, pl_module, reason)
-        elif self.spike_run >= self.spike_patience:
-            reason = f"the loss stayed a spike for {self.spike_run} steps"
-            self._rollback(trainer, pl_module, reason)
-        elif not self.nonfinite and self.spike_run == 0 and step % self.snapshot_every == 0:
+        elif not self.nonfinite and self.spike_run == 0 and step >= self.next_snapshot:
             self.snapshot_due = True
 
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.next_snapshot = trainer.global_step + self.snapshot_every
         self.snapshot = {
             "step": trainer.global_step,
             "module": _to_cpu(pl_module.state_dict()),
@@ -143,6 +165,7 @@ class Guard(L.Callback):
         for callback, state in zip(_followers(trainer), self.snapshot["callbacks"], strict=True):
             callback.rollback_to(state, self.snapshot["step"])
         self.nonfinite.clear()
+        self.pending.clear()
         self.spikes.reset()
         self.spike_run = 0
         pl_module.log("train/rollbacks", float(self.rollbacks))

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 
 from difftrain.training.health import bucket_names, log_slope
-from difftrain.training.report import StepReport
+from difftrain.training.report import StepReport, logs_this_step
 
 
 def _flat(parameters: list[torch.Tensor]) -> torch.Tensor:
@@ -17,7 +17,7 @@ def _flat(parameters: list[torch.Tensor]) -> torch.Tensor:
 
 
 class TrainingHealth(L.Callback):
-    """Every `every_n_steps`: training loss per noise-level bucket (cut at `sigma_edges`, the
+    """On logging steps at least `every_n_steps` apart: training loss per noise-level bucket (cut at `sigma_edges`, the
     validation buckets), gradient norm before clipping, parameter norm and update-to-weight
     ratio, as `health/*`.
 
@@ -43,13 +43,20 @@ class TrainingHealth(L.Callback):
         self.loss_steps: list[int] = []
         self.losses: list[float] = []
         self.val_losses: list[float] = []
-        self.nonfinite_steps = 0
+        self.nonfinite_steps: int | torch.Tensor = 0
         self.last_grad_norm: torch.Tensor | None = None
         self.ranks_differ_by: float | None = None  # DDP: largest difference of state checksums
         self._before: torch.Tensor | None = None
+        self.pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read on the host
+        self.due, self.next_due = False, 0
 
-    def _due(self, trainer: L.Trainer) -> bool:
-        return (trainer.global_step + 1) % self.every_n_steps == 0
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        # Statistics are read on the host on logging steps only: the others never wait.
+        self.due = logs_this_step(trainer) and trainer.global_step >= self.next_due
+        if self.due:
+            self.next_due = trainer.global_step + self.every_n_steps
 
     @staticmethod
     def _trained(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -58,26 +65,29 @@ class TrainingHealth(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer
     ) -> None:
-        if self._due(trainer):  # weights before the update, for the update-to-weight ratio
+        if self.due:  # weights before the update, for the update-to-weight ratio
             self._before = _flat(self._trained(optimizer)).clone()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
     ) -> None:
         report: StepReport = outputs["report"]
-        self.nonfinite_steps += report.skipped
+        self.nonfinite_steps = self.nonfinite_steps + report.skipped
         self.last_grad_norm = report.grad_norm
         losses, sigma = report.losses.float(), report.sigma.float()
         bucket = torch.bucketize(sigma, sigma.new_tensor(self.sigma_edges), right=True)
         finite = torch.isfinite(losses)
         n = len(self.sigma_edges) + 1
-        sums = torch.zeros(n, device=losses.device).index_add_(0, bucket[finite], losses[finite])
-        counts = torch.bincount(bucket[finite], minlength=n).float()
+        sums = torch.zeros(n, device=losses.device).index_add_(
+            0, bucket, torch.where(finite, losses, 0.0)
+        )
+        counts = torch.zeros(n, device=losses.device).index_add_(0, bucket, finite.float())
         self.bucket_sum = sums if self.bucket_sum is None else self.bucket_sum + sums
         self.bucket_count = counts if self.bucket_count is None else self.bucket_count + counts
-        self.loss_steps.append(trainer.global_step)
-        self.losses.append(report.loss.item())  # every process's mean
-        if not self._due(trainer):
+        self.pending.append((trainer.global_step, report.loss))
+        if report.logs:
+            self._read_losses()
+        if not self.due:
             return
 
         if self.sigma_edges:  # summed over the processes' examples
@@ -95,8 +105,15 @@ class TrainingHealth(L.Callback):
             pl_module.log("health/update_ratio", ratio.item())
             self._before = None
 
+    def _read_losses(self) -> None:
+        if self.pending:
+            self.loss_steps += [step for step, _ in self.pending]
+            self.losses += torch.stack([loss.float() for _, loss in self.pending]).tolist()
+            self.pending.clear()
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Under DDP: do the processes hold the same state (weights, EMA, noise-level statistics)?"""
+        self._read_losses()
         if trainer.world_size == 1:
             return
         state = [t for t in pl_module.state_dict().values() if t.is_floating_point()]
@@ -111,6 +128,7 @@ class TrainingHealth(L.Callback):
             self.val_losses.append(trainer.callback_metrics["val/loss"].item())
 
     def summary(self) -> dict[str, Any]:
+        self._read_losses()
         tail = max(2, int(len(self.losses) * self.trend_fraction))
         return {
             "health": {

@@ -36,7 +36,8 @@ class Preemption(L.Callback):
     `Preempted`: summary.json says `preempted` and the process exits with 143.
 
     A handler that was there before (submitit's requeue, Lightning's SLURM requeue) is called
-    once the checkpoint is written. `ckpt_path=last` resumes from it.
+    once the checkpoint is written. `ckpt_path=last` resumes from it. Under DDP the processes
+    stop together at the first logging step after the signal.
     """
 
     def __init__(self, dirpath: str, signals: tuple[str, ...] = SIGNALS):
@@ -77,8 +78,13 @@ class Preemption(L.Callback):
             f"ckpt_path={path} (or ckpt_path=last in the same run dir)"
         )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        self._stop_if_asked(trainer)
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        # Several processes agree on whether one was told, which makes the host wait for the
+        # device: they do so on logging steps only (every trainer.log_every_n_steps).
+        if trainer.world_size == 1 or outputs["report"].logs:
+            self._stop_if_asked(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:

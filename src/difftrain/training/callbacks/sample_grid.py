@@ -13,7 +13,9 @@ class SampleGrid(L.Callback):
     """Writes `dirpath/step_XXXXXXX.png` (the datamodule draws it: a grid of images, a scatter
     plot of points) and logs it to W&B as `samples` (rank zero only).
 
-    A class-conditional model draws classes 0, 1, 2, ... in turn, guided by `guidance`.
+    A class-conditional model draws classes 0, 1, 2, ... in turn, a model that reads text the
+    validation set's first captions (written beside the grid, `step_XXXXXXX.txt`, in grid order),
+    guided by `guidance`.
     """
 
     def __init__(
@@ -39,11 +41,16 @@ class SampleGrid(L.Callback):
             return
         # Every process draws (they would wait for rank 0 anyway): sharded weights (FSDP) are
         # gathered from all of them. Rank 0 writes.
-        images, nfe = pl_module.generate(self.num_samples, seed=self.seed, guidance=self.guidance)
+        prompts = getattr(trainer.datamodule, "prompts", lambda n: None)(self.num_samples)
+        images, nfe = pl_module.generate(
+            self.num_samples, seed=self.seed, guidance=self.guidance, prompts=prompts
+        )
         if not trainer.is_global_zero:
             return
         path = self.dirpath / f"step_{trainer.global_step:07d}.png"
         self.last_path = trainer.datamodule.save_samples(images, path)
+        if prompts:  # what each image was asked to be, in grid order
+            path.with_suffix(".txt").write_text("\n".join(prompts) + "\n")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 caption = [f"step {trainer.global_step}, NFE {nfe}"]

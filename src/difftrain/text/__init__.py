@@ -1,0 +1,1 @@
+"""Text conditioning: tokenizers and text encoders that nets read prompts with."""

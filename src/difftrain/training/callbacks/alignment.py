@@ -1,0 +1,115 @@
+"""`Alignment`: prompt alignment of EMA samples during training, on captioned_digits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from difftrain.data.captioned import CaptionedImages
+from difftrain.diffusion.samplers import Sampler
+from difftrain.evaluation.alignment import AttributeJudge, alignment, prompt_set
+
+log = logging.getLogger(__name__)
+
+
+class Alignment(L.Callback):
+    """After every `every_n_validations`-th validation, draws one sample for each of `num_seen`
+    prompts of attribute combinations seen in training and `num_per_held_out` prompts of each
+    held-out combination (the data's `held_out`), and logs the share whose digit, foreground and
+    background colour the attribute judge finds as asked: `eval/align_<attribute>`,
+    `eval/align_all` (all three), and `eval/align_heldout_*` for the held-out prompts.
+
+    The judge is trained on the run's training images on first use and cached under
+    `cache_dir`. Every process draws the samples (rank zero logs).
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        cache_dir: str,
+        num_seen: int = 200,
+        num_per_held_out: int = 50,
+        guidance: float = 3.0,
+        seed: int = 0,
+        every_n_validations: int = 1,
+        judge_images: int = 20000,
+        judge_epochs: int = 3,
+        judge_min_accuracy: float = 0.9,
+        batch_size: int = 256,
+    ):
+        self.sampler, self.cache_dir = sampler, Path(cache_dir)
+        self.num_seen, self.num_per_held_out = num_seen, num_per_held_out
+        self.guidance, self.seed, self.every_n_validations = guidance, seed, every_n_validations
+        self.judge_images, self.judge_epochs, self.batch_size = (
+            judge_images,
+            judge_epochs,
+            batch_size,
+        )
+        self.judge_min_accuracy = judge_min_accuracy
+        self.judge: AttributeJudge | None = None
+        self.validations, self.seconds = 0, 0.0
+        self.last: dict[str, float] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.check_sampler(self.sampler)
+        datamodule = trainer.datamodule
+        datamodule.setup("fit")
+        train, val = datamodule.train_set.dataset, datamodule.val_set.dataset
+        if not isinstance(train, CaptionedImages):
+            raise ValueError(
+                "callbacks.alignment needs captioned data (data=captioned_digits); drop it with "
+                "callbacks.alignment=null"
+            )
+        start = time.perf_counter()
+        self.judge = AttributeJudge.load_or_train(
+            train, val, self.cache_dir, self.judge_images, self.judge_epochs,
+            self.judge_min_accuracy,
+        )  # fmt: skip
+        self.asked, self.held_out = prompt_set(
+            self.num_seen, self.num_per_held_out, train.held_out, self.seed
+        )
+        self.seconds += time.perf_counter() - start
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.validations += 1
+        if self.validations % self.every_n_validations:
+            return
+        start = time.perf_counter()
+        self.last = self.score(pl_module, trainer.datamodule)
+        if trainer.is_global_zero:
+            for name, value in self.last.items():
+                pl_module.log(f"eval/align_{name}", value, rank_zero_only=True)
+            log.info(
+                "alignment at step %d: %s", trainer.global_step,
+                ", ".join(f"{k} {v:.3f}" for k, v in self.last.items()),
+            )  # fmt: skip
+        self.seconds += time.perf_counter() - start
+
+    def score(self, model: Any, datamodule: Any) -> dict[str, float]:
+        """Draw the prompt set with `model.generate` and judge it."""
+        prompts = [a.caption() for a in self.asked]
+        samples, _ = model.generate(
+            len(prompts), self.sampler, seed=self.seed, prompts=prompts,
+            guidance=self.guidance, batch_size=self.batch_size,
+        )  # fmt: skip
+        images = datamodule.to_uint8(samples).permute(0, 3, 1, 2)
+        return alignment(self.judge.predict(images), self.asked, self.held_out)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.last:
+            return {}
+        return {
+            "alignment": {
+                **self.last,
+                "judge_accuracy": self.judge.accuracies if self.judge else {},
+                "prompts": len(self.asked),
+                "held_out_prompts": int(self.held_out.sum()),
+                "seconds": self.seconds,
+            }
+        }

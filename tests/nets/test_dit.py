@@ -1,0 +1,72 @@
+"""The DiT: shapes, adaLN-Zero start, conditioning by class and by text, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difftrain.nets.dit import DiT
+from difftrain.text.encoders import TinyTextEncoder
+
+TINY = dict(patch_size=2, dim=32, depth=2, heads=2)
+
+
+def randomize(net):
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+
+
+def test_it_starts_at_zero_and_keeps_the_shape():
+    net = DiT(3, 8, **TINY)
+    x = torch.randn(2, 3, 8, 8)
+    out = net(x, torch.randn(2))
+    assert out.shape == x.shape and torch.count_nonzero(out) == 0  # adaLN-Zero
+
+
+def test_patches_go_back_where_they_came_from():
+    """With the blocks silenced, output = a per-patch linear map: it must not mix patches."""
+    torch.manual_seed(0)
+    net = DiT(1, 8, **TINY)
+    randomize(net)
+    for block in net.blocks:
+        torch.nn.init.zeros_(block.ada[1].weight)
+        torch.nn.init.zeros_(block.ada[1].bias)
+    x = torch.zeros(1, 1, 8, 8)
+    base = net(x, torch.zeros(1))
+    x[0, 0, 4, 6] = 1.0  # a change in patch (2, 3) moves only that patch's output
+    changed = (net(x, torch.zeros(1)) - base).abs()[0, 0] > 1e-6
+    assert changed[4:6, 6:8].any() and not changed[:4].any() and not changed[:, :6].any()
+
+
+def test_classes_and_prompts_condition_it():
+    torch.manual_seed(0)
+    encoder = TinyTextEncoder(["a", "red", "blue", "seven"], max_length=4, dim=8, heads=2)
+    net = DiT(3, 8, **TINY, num_classes=3, text_encoder=encoder)
+    randomize(net)
+    x, c = torch.randn(2, 3, 8, 8), torch.randn(2)
+    tokens = net.tokenizer.encode(["a red seven", "a blue seven"])
+    labels = torch.tensor([0, 1])
+    out = net(x, c, class_labels=labels, text_tokens=tokens)
+    assert not torch.allclose(out, net(x, c, class_labels=labels, text_tokens=tokens.flip(0)))
+    assert not torch.allclose(out, net(x, c, class_labels=labels.flip(0), text_tokens=tokens))
+    null = net.null_cond({"class_labels": labels, "text_tokens": tokens})
+    torch.testing.assert_close(net(x, c, **null), net(x, c))  # no class, empty caption
+
+
+def test_checkpointing_keeps_gradients():
+    torch.manual_seed(0)
+    net = DiT(1, 8, **TINY)
+    randomize(net)
+    x, c = torch.randn(2, 1, 8, 8), torch.randn(2)
+    grads = []
+    for on in (False, True):
+        net.checkpoint_activations = on
+        net.zero_grad()
+        net(x, c).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_an_image_size_that_is_not_whole_patches_is_refused():
+    with pytest.raises(ValueError, match="image size 9 is not a whole number of 2-pixel patches"):
+        DiT(1, 9, **TINY)

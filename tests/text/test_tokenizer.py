@@ -1,0 +1,41 @@
+"""Word tokenizer and the tiny text encoder: ids, errors that name the problem, the empty caption."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difftrain.text.encoders import TinyTextEncoder
+from difftrain.text.tokenizer import PAD, WordTokenizer, build_vocab
+
+VOCAB = build_vocab(["a red seven", "a blue three, top left"])
+
+
+def test_captions_round_trip_through_ids():
+    tokenizer = WordTokenizer(VOCAB, max_length=6)
+    rows = tokenizer.encode(["A red seven.", "a blue three, top left", ""])
+    assert rows.shape == (3, 6) and rows.dtype == torch.long
+    assert tokenizer.decode(rows) == ["a red seven", "a blue three top left", ""]
+    assert (rows[2] == PAD).all()  # the empty caption is all padding
+
+
+def test_unknown_words_and_long_prompts_are_named():
+    tokenizer = WordTokenizer(VOCAB, max_length=4)
+    with pytest.raises(
+        ValueError, match=r"not trained on: \['green', 'nine'\]\. Its vocabulary: a blue"
+    ):
+        tokenizer.encode(["a green nine"])
+    with pytest.raises(ValueError, match="has 5 words; the model reads at most 4"):
+        tokenizer.encode(["a blue three top left"])
+
+
+def test_the_encoder_reads_words_and_gives_the_empty_caption_one_state():
+    torch.manual_seed(0)
+    encoder = TinyTextEncoder(VOCAB, max_length=6, dim=16, depth=1, heads=2)
+    torch.nn.init.normal_(encoder.empty)
+    rows = encoder.tokenizer.encode(["a red seven", "a blue three", "", ""])
+    states, mask = encoder(rows)
+    assert states.shape == (4, 6, 16) and mask.tolist()[0] == [True] * 3 + [False] * 3
+    assert not torch.allclose(states[0, :3], states[1, :3])  # the words matter
+    assert torch.equal(states[2], states[3]) and torch.equal(states[2, 0], encoder.empty)
+    assert mask[2].tolist() == [True] + [False] * 5  # "no prompt" is one learned state
