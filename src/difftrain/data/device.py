@@ -89,11 +89,11 @@ def augment_batch(
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if translate:
         height, width = x.shape[-2:]
-        limit = torch.tensor([width, height], device=x.device) * translate
-        shift = (share.of(torch.rand(n, 2, **options)) * 2 - 1) * limit  # pixels (B, 2)
+        u = share.of(torch.rand(n, 2, **options)) * 2 - 1  # (B, 2) in [-1, 1)
         theta = torch.zeros(len(x), 2, 3, device=x.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, :, 2] = -2 * shift.round() / torch.tensor([width, height], device=x.device)
+        for axis, size in enumerate((width, height)):  # python sizes: nothing copied to the device
+            theta[:, axis, 2] = -2 * (u[:, axis] * size * translate).round() / size
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return x

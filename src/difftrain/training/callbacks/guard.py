@@ -96,14 +96,14 @@ class Guard(L.Callback):
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         steps = [step for step, _, _ in self.pending]
-        losses = torch.stack([torch.as_tensor(loss).float() for _, loss, _ in self.pending])
-        skipped = torch.stack(
-            [torch.as_tensor(bad).to(losses.device) for _, _, bad in self.pending]
-        )
-        losses, skipped = losses.tolist(), skipped.tolist()  # the one read of the host
+        rows = [
+            torch.stack([loss.float(), torch.as_tensor(bad, device=loss.device).float()])
+            for _, loss, bad in self.pending
+        ]
+        read = torch.stack(rows).tolist()  # the one read of the host: [loss, skipped] per step
         self.pending.clear()
         reason = None
-        for step, loss, bad in zip(steps, losses, skipped, strict=True):
+        for step, (loss, bad) in zip(steps, read, strict=True):
             if bad:
                 self.nonfinite.append(step)
             while self.nonfinite and self.nonfinite[0] <= step - self.window:

@@ -48,6 +48,7 @@ class TrainingHealth(L.Callback):
         self.ranks_differ_by: float | None = None  # DDP: largest difference of state checksums
         self._before: torch.Tensor | None = None
         self.pending: list[tuple[int, torch.Tensor]] = []  # losses not yet read on the host
+        self._edges: torch.Tensor | None = None  # sigma_edges on the training device
         self.due, self.next_due = False, 0
 
     def on_train_batch_start(
@@ -75,7 +76,9 @@ class TrainingHealth(L.Callback):
         self.nonfinite_steps = self.nonfinite_steps + report.skipped
         self.last_grad_norm = report.grad_norm
         losses, sigma = report.losses.float(), report.sigma.float()
-        bucket = torch.bucketize(sigma, sigma.new_tensor(self.sigma_edges), right=True)
+        if self._edges is None or self._edges.device != sigma.device:  # copied once, not per step
+            self._edges = sigma.new_tensor(self.sigma_edges)
+        bucket = torch.bucketize(sigma, self._edges, right=True)
         finite = torch.isfinite(losses)
         n = len(self.sigma_edges) + 1
         sums = torch.zeros(n, device=losses.device).index_add_(
