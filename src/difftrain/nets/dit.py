@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from difftrain.nets.layers import NoiseEmbedding, null_class, read_prompt
+from difftrain.nets.layers import NoiseEmbedding, add_labels, null_class, read_prompt
 from difftrain.nets.protocol import Cond
 
 
@@ -147,12 +147,9 @@ class DiT(nn.Module):
     ) -> Tensor:
         B, C, H, W = x.shape
         c = self.noise_emb(c_noise.expand(B))
-        if self.augment_emb is not None and augment_labels is not None:
-            c = c + self.augment_emb(augment_labels.to(c.dtype))
-        if self.class_emb is not None:
-            if class_labels is None:
-                class_labels = torch.full((B,), self.num_classes, device=x.device)
-            c = c + self.class_emb(class_labels)
+        c = add_labels(
+            c, self.num_classes, self.class_emb, class_labels, self.augment_emb, augment_labels
+        )
         context = None
         if self.text_encoder is not None:
             states, mask, pooled = read_prompt(self.text_encoder, text_tokens, B, x.device)

@@ -21,6 +21,25 @@ def null_class(cond: Mapping[str, Tensor], num_classes: int) -> dict[str, Tensor
     return out
 
 
+def add_labels(
+    emb: Tensor,
+    num_classes: int,
+    class_emb: nn.Module | None,
+    class_labels: Tensor | None,
+    augment_emb: nn.Module | None = None,
+    augment_labels: Tensor | None = None,
+) -> Tensor:
+    """`emb` (B, D) plus the class's embedding (no labels: the null class `num_classes`) and the
+    augmentation labels' embedding, for the nets that have them."""
+    if augment_emb is not None and augment_labels is not None:
+        emb = emb + augment_emb(augment_labels.to(emb.dtype))
+    if class_emb is not None:
+        if class_labels is None:
+            class_labels = torch.full((emb.shape[0],), num_classes, device=emb.device)
+        emb = emb + class_emb(class_labels)
+    return emb
+
+
 def read_prompt(
     text_encoder: nn.Module, tokens: Tensor | None, batch: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -84,16 +103,21 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def attention_heads(channels: int, head_channels: int) -> int:
+    """How many heads of head_channels split `channels`; fail where they do not divide it."""
+    if channels % head_channels:
+        raise ValueError(
+            f"attention channels {channels} not divisible by head_channels {head_channels}"
+        )
+    return channels // head_channels
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the pixels of a feature map, as a residual branch."""
 
     def __init__(self, channels: int, head_channels: int, groups: int):
         super().__init__()
-        if channels % head_channels:
-            raise ValueError(
-                f"attention channels {channels} not divisible by head_channels {head_channels}"
-            )
-        self.heads = channels // head_channels
+        self.heads = attention_heads(channels, head_channels)
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
@@ -113,11 +137,7 @@ class CrossAttention(nn.Module):
 
     def __init__(self, channels: int, context_dim: int, head_channels: int, groups: int):
         super().__init__()
-        if channels % head_channels:
-            raise ValueError(
-                f"attention channels {channels} not divisible by head_channels {head_channels}"
-            )
-        self.heads = channels // head_channels
+        self.heads = attention_heads(channels, head_channels)
         self.norm = nn.GroupNorm(groups, channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.kv = nn.Linear(context_dim, 2 * channels)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difftrain.nets.layers import NoiseEmbedding, null_class
+from difftrain.nets.layers import NoiseEmbedding, add_labels, null_class
 from difftrain.nets.protocol import Cond
 
 
@@ -56,10 +55,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, *, class_labels: Tensor | None = None) -> Tensor:
         emb = self.noise_emb(c_noise.expand(x.shape[0]))
-        if self.class_emb is not None:
-            if class_labels is None:
-                class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device)
-            emb = emb + self.class_emb(class_labels)
+        emb = add_labels(emb, self.num_classes, self.class_emb, class_labels)
         h = self.inp(x)
         for block in self.blocks:
             h = h + block(F.silu(h + emb))

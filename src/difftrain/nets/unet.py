@@ -17,6 +17,7 @@ from difftrain.nets.layers import (
     ResBlock,
     SelfAttention,
     Upsample,
+    add_labels,
     null_class,
     read_prompt,
     zero_init,
@@ -172,12 +173,9 @@ class UNet(nn.Module):
             states, mask, pooled = read_prompt(self.text_encoder, text_tokens, len(x), x.device)
             context = (states, mask)
             emb = emb + self.text_pool(pooled.to(emb.dtype))
-        if self.augment_emb is not None and augment_labels is not None:
-            emb = emb + self.augment_emb(augment_labels.to(emb.dtype))
-        if self.class_emb is not None:
-            if class_labels is None:
-                class_labels = torch.full((x.shape[0],), self.num_classes, device=x.device)
-            emb = emb + self.class_emb(class_labels)
+        emb = add_labels(
+            emb, self.num_classes, self.class_emb, class_labels, self.augment_emb, augment_labels
+        )
 
         run = _run
         if self.checkpoint_activations and torch.is_grad_enabled():

@@ -12,6 +12,7 @@ import lightning as L
 from difftrain.data.captioned import CaptionedImages
 from difftrain.diffusion.samplers import Sampler
 from difftrain.evaluation.alignment import AttributeJudge, alignment, prompt_set
+from difftrain.training.callbacks.cadence import EveryNValidations
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class Alignment(L.Callback):
     ):
         self.sampler, self.cache_dir = sampler, Path(cache_dir)
         self.num_seen, self.num_per_held_out = num_seen, num_per_held_out
-        self.guidance, self.seed, self.every_n_validations = guidance, seed, every_n_validations
+        self.guidance, self.seed = guidance, seed
+        self.cadence = EveryNValidations(every_n_validations)
         self.judge_images, self.judge_epochs, self.batch_size = (
             judge_images,
             judge_epochs,
@@ -51,7 +53,7 @@ class Alignment(L.Callback):
         )
         self.judge_min_accuracy = judge_min_accuracy
         self.judge: AttributeJudge | None = None
-        self.validations, self.seconds = 0, 0.0
+        self.seconds = 0.0
         self.last: dict[str, float] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -75,10 +77,7 @@ class Alignment(L.Callback):
         self.seconds += time.perf_counter() - start
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.validations += 1
-        if self.validations % self.every_n_validations:
+        if not self.cadence.due(trainer):
             return
         start = time.perf_counter()
         self.last = self.score(pl_module, trainer.datamodule)

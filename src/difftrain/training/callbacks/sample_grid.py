@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from difftrain.training.callbacks.cadence import EveryNValidations
+
 
 class SampleGrid(L.Callback):
     """Writes `dirpath/step_XXXXXXX.png` (the datamodule draws it: a grid of images, a scatter
@@ -26,18 +28,15 @@ class SampleGrid(L.Callback):
         guidance: float = 1.0,
         every_n_validations: int = 1,
     ):
-        if num_samples < 1 or every_n_validations < 1:
-            raise ValueError("SampleGrid needs num_samples >= 1 and every_n_validations >= 1")
+        if num_samples < 1:
+            raise ValueError(f"SampleGrid needs num_samples >= 1, got {num_samples}")
         self.dirpath, self.num_samples, self.seed = Path(dirpath), num_samples, seed
         self.guidance = guidance
-        self.every_n_validations, self.validations = every_n_validations, 0
+        self.cadence = EveryNValidations(every_n_validations)
         self.last_path: Path | None = None
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.validations += 1
-        if self.validations % self.every_n_validations:
+        if not self.cadence.due(trainer):
             return
         # Every process draws (they would wait for rank 0 anyway): sharded weights (FSDP) are
         # gathered from all of them. Rank 0 writes.

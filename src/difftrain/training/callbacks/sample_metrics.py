@@ -12,6 +12,7 @@ from difftrain.diffusion.samplers import Sampler, solver_function
 from difftrain.evaluation.evaluator import Evaluator
 from difftrain.evaluation.features import FeatureSet
 from difftrain.evaluation.toy import ToyEvaluator
+from difftrain.training.callbacks.cadence import EveryNValidations
 
 LATEST = ("fid", "class_entropy", "classes_under_threshold", "precision", "recall",
           "modes_captured", "hq_share")  # fmt: skip
@@ -38,8 +39,9 @@ class Evaluate(L.Callback):
         every_n_validations: int = 1,
     ):
         self.evaluator, self.sampler, self.num_samples = evaluator, sampler, num_samples
-        self.seed, self.guidance, self.every_n_validations = seed, guidance, every_n_validations
-        self.validations, self.seconds, self.setup_seconds = 0, 0.0, 0.0
+        self.seed, self.guidance = seed, guidance
+        self.cadence = EveryNValidations(every_n_validations)
+        self.seconds, self.setup_seconds = 0.0, 0.0
         self.last: dict[str, object] = {}
 
     @property
@@ -74,10 +76,7 @@ class Evaluate(L.Callback):
         self.seconds += self.setup_seconds
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.validations += 1
-        if self.validations % self.every_n_validations:
+        if not self.cadence.due(trainer):
             return
         start = time.perf_counter()
         features = self._features(trainer, pl_module)
