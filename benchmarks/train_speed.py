@@ -54,20 +54,33 @@ def measure(
 
 
 class DiffusersUNet(nn.Module):
-    """diffusers' UNet2DModel behind difftrain's net signature, for comparison."""
+    """diffusers' UNet2DModel behind difftrain's net signature, for comparison.
 
-    def __init__(self, in_channels: int, image_size: int):
+    The default is a small UNet (32/64/64 channels) for CPU work; `cifar10=True` builds the DDPM
+    CIFAR-10 config (google/ddpm-cifar10-32: 128/256/256/256, attention at 16x16, 35.7M
+    parameters), the counterpart of difftrain's unet_base.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, cifar10: bool = False):
         super().__init__()
         from diffusers import UNet2DModel
 
+        if cifar10:
+            layout = dict(
+                block_out_channels=(128, 256, 256, 256),
+                down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                dropout=0.1,
+            )
+        else:
+            layout = dict(
+                block_out_channels=(32, 64, 64),
+                norm_num_groups=8,
+                down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+                up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            )
         self.unet = UNet2DModel(
-            sample_size=image_size,
-            in_channels=in_channels,
-            out_channels=in_channels,
-            block_out_channels=(32, 64, 64),
-            norm_num_groups=8,
-            down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            sample_size=image_size, in_channels=in_channels, out_channels=in_channels, **layout
         )
         self.sample_shape = (in_channels, image_size, image_size)
 

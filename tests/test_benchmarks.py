@@ -40,3 +40,13 @@ def test_activation_memory_compares_both_settings():
     out = run_benchmark("activation_memory.py", "--net", "unet_tiny", "--batch-size", "4",
                         "--channels", "1", "--image-size", "8")  # fmt: skip
     assert "without checkpointing" in out and "with checkpointing" in out and "memory x" in out
+
+
+def test_train_overhead_times_the_bare_loop_and_the_difftrain_path(tmp_path):
+    out = run_benchmark("train_overhead.py", "--net", "unet_tiny", "--batch-size", "4",
+                        "--image-size", "8", "--steps", "2", "--warmup", "1",
+                        "--profile", str(tmp_path))  # fmt: skip
+    rows = {line[:18].strip(): line[18:].split() for line in out.splitlines()[2:]}
+    assert set(rows) == {"bare loop", "difftrain-train"}, out
+    assert rows["bare loop"][1] == "100.0%" and float(rows["difftrain-train"][0]) > 0
+    assert "aten::" in (tmp_path / "difftrain.txt").read_text()  # the profiled steps' op table

@@ -25,6 +25,13 @@ def test_bad_values_are_listed_together_with_their_allowed_range(make_cfg):
     assert check_values(make_cfg("experiment=mnist_fast", "callbacks=phema")) == []
 
 
+def test_fp16_is_refused_with_the_precisions_that_work(make_cfg):
+    (problem,) = check_values(make_cfg("trainer.precision=16-mixed"))
+    assert problem.startswith("trainer.precision=16-mixed: fp16 needs loss scaling")
+    assert "trainer.precision=bf16-mixed" in problem
+    assert check_values(make_cfg("trainer=gpu")) == []  # bf16-mixed
+
+
 def test_a_config_that_cannot_start_creates_no_run_dir_and_no_wandb_run(tmp_path):
     result = run_module(
         "difftrain.cli.train", "optimizer.lr=fast", "optimizer.weight_decay=-1", "data.batch_size=0",

@@ -209,7 +209,15 @@ def check_values(cfg: DictConfig) -> list[str]:
         if rule is not None and not rule.allows(value):
             problems.append(f"{key}={value!r}: must be {rule}")
     reported = {p.split("=")[0] for p in problems}
-    return problems + [p for p in _check_types(cfg) if p.split("=")[0] not in reported]
+    problems += [p for p in _check_types(cfg) if p.split("=")[0] not in reported]
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default=""))
+    if precision in ("16", "16-mixed"):
+        problems.append(
+            f"trainer.precision={precision}: fp16 needs loss scaling, and difftrain measures, "
+            "clips and skips non-finite gradients without it. Fix: trainer.precision=bf16-mixed "
+            "(GPUs since Ampere, and CPUs) or 32-true"
+        )
+    return problems
 
 
 def _types(annotation: Any) -> set[Any]:

@@ -177,17 +177,26 @@ class DiffusionModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        """Lightning's clipping; with sharded weights (FSDP), FSDP's clip over every part."""
-        if gradient_clip_val and is_sharded(self.trainer.strategy):
+        """Clip by the norm that `optimizer_step` measured: no second pass over the gradients, and
+        no host sync. Not Lightning's clipping, which under bf16-mixed refuses fused optimizers
+        although without loss scaling there is nothing to unscale (fp16, which scales, is refused
+        before the run starts). With sharded weights (FSDP), FSDP's clip over every part."""
+        if not gradient_clip_val:
+            return
+        if is_sharded(self.trainer.strategy):
             if gradient_clip_algorithm not in (None, "norm"):
                 raise ValueError(
                     f"trainer=fsdp clips by norm only, not {gradient_clip_algorithm!r}"
                 )
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
-        else:
-            super().configure_gradient_clipping(
-                optimizer, gradient_clip_val, gradient_clip_algorithm
-            )
+            return
+        grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch._foreach_clamp_min_(grads, -gradient_clip_val)
+            torch._foreach_clamp_max_(grads, gradient_clip_val)
+        else:  # grad * min(1, max_norm / norm), as torch.nn.utils.clip_grad_norm_
+            scale = (gradient_clip_val / (self._report.grad_norm + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, scale)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x0, labels = batch
