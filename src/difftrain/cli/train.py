@@ -55,7 +55,10 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
         model.save_hyperparameters({"config": config}, logger=False)  # rebuilds it from a ckpt
         loggers = [instantiate(c) for c in cfg.logger.values()]
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        budget = {"max_steps": -1} if cfg.trainer.get("max_time") else {}  # time, not steps
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, logger=loggers or False, callbacks=callbacks, **budget
+        )
         for logger in loggers:
             logger.log_hyperparams(config)
         record.fit(trainer, model, datamodule, ckpt_path)

@@ -11,6 +11,7 @@ import fnmatch
 import inspect
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,16 @@ def check_values(cfg: DictConfig) -> list[str]:
             problems.append(f"{key}={value!r}: must be {rule}")
     reported = {p.split("=")[0] for p in problems}
     problems += [p for p in _check_types(cfg) if p.split("=")[0] not in reported]
+    max_time = OmegaConf.select(cfg, "trainer.max_time", default=None)
+    if isinstance(max_time, str) and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", max_time.strip()):
+        problems.append(
+            f"trainer.max_time={max_time!r}: must be DD:HH:MM:SS, e.g. 00:00:15:00 for 15 minutes"
+        )
+    elif max_time is not None and OmegaConf.select(cfg, "trainer.max_steps") in (None, -1, 0):
+        problems.append(
+            "trainer.max_steps=-1: a time budget (trainer.max_time) needs the steps the schedules "
+            "are written for, which it stretches to the budget, e.g. trainer.max_steps=3000"
+        )
     precision = str(OmegaConf.select(cfg, "trainer.precision", default=""))
     if precision in ("16", "16-mixed"):
         problems.append(

@@ -57,9 +57,21 @@ class EMA(nn.Module):
         self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, skip: Tensor | None = None) -> None:
+    def update(
+        self,
+        model: nn.Module,
+        skip: Tensor | None = None,
+        count: float | None = None,
+        per_update: float = 1.0,
+    ) -> None:
+        """Average in `model`'s weights with decay(count) ** per_update; `count` defaults to
+        the updates so far. A time-budgeted run passes its schedule step and the schedule steps
+        per update, so the average spans the same share of training on any machine."""
         n = self.n_averaged
-        weight = torch.where(n == 0, 1.0, 1 - self.decay(n.float()))  # first update: a copy
+        decay = self.decay(n.float() if count is None else count)
+        if per_update != 1.0:
+            decay = decay**per_update
+        weight = torch.where(n == 0, 1.0, 1 - decay)  # first update: a copy
         if skip is not None:
             weight = weight * (~skip)
         ours = [

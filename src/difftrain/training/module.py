@@ -20,6 +20,7 @@ from difftrain.nets.protocol import Net
 from difftrain.runtime import shared_seed
 from difftrain.text.tokenizer import PAD
 from difftrain.training.augment import AugmentPipe
+from difftrain.training.budget import ScheduleClock, go_to_step, time_budget
 from difftrain.training.distributed import is_sharded
 from difftrain.training.ema import EMA
 from difftrain.training.health import bucket_names
@@ -53,6 +54,10 @@ class DiffusionModule(L.LightningModule):
 
     With `compile` (True, or a torch.compile mode such as "max-autotune-no-cudagraphs"), the
     trained net's forward is compiled; the EMA copy, which samples, is not.
+
+    Step-based schedules (the LR schedule, the EMA decay, noise-level and resolution curricula)
+    read `schedule_step()`: the global step, or under a time budget (`trainer.max_time`) the
+    share of it spent times `schedule_steps` (see `training.budget`).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class DiffusionModule(L.LightningModule):
         augment: AugmentPipe | None = None,
         seed: int | None = None,
         compile: bool | str = False,
+        schedule_steps: int = 0,
     ):
         super().__init__()
         check_compatible(schedule, objective)
@@ -98,6 +104,7 @@ class DiffusionModule(L.LightningModule):
         self.val_bucket_loss = nn.ModuleList(MeanMetric() for _ in range(buckets))
         self.seed = seed  # of every training step's draws; None: drawn at random when fitting
         self.register_buffer("nonfinite_steps", torch.tensor(0), persistent=False)
+        self.clock = ScheduleClock(horizon=schedule_steps)
         self._report: StepReport | None = None
 
     @property
@@ -108,6 +115,20 @@ class DiffusionModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.seed = shared_seed(self.seed, self.trainer.strategy)  # all processes draw alike
+        self.clock.every = self.trainer.log_every_n_steps
+        if time_budget(self.trainer) is not None and self.clock.horizon < 1:
+            raise ValueError(
+                "trainer.max_time needs trainer.max_steps >= 1: the steps the schedules are "
+                "written for, which the time budget stretches or shrinks"
+            )
+
+    def schedule_step(self) -> int:
+        """The step that step-based schedules read: the global step, or under a time budget
+        `schedule_steps` x the share of the budget spent."""
+        return self.clock.step_at(self.trainer)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self.clock.read(self.trainer)
 
     def _cond(
         self, labels: Tensor, generator: torch.Generator | None = None, share: Share = WHOLE
@@ -140,7 +161,7 @@ class DiffusionModule(L.LightningModule):
         cond = self._cond(labels, generator, share)
         if self.augment is not None:  # non-leaking: the net is told how each image was augmented
             x0, cond["augment_labels"] = self.augment(x0, generator, share)
-        self.loss.noise_levels.set_step(self.global_step)
+        self.loss.noise_levels.set_step(self.schedule_step())
         gather = (lambda t: self.all_gather(t).flatten(0, 1)) if share.world > 1 else None
         losses, sigma = self.loss(self.denoiser, self.schedule, x0, cond, generator, share, gather)
         loss = losses.mean()
@@ -169,10 +190,20 @@ class DiffusionModule(L.LightningModule):
         report.skipped = bad
         self.nonfinite_steps += bad.long()
         skip_update(optimizer, bad)  # runs on_before_optimizer_step and clipping, then the update
-        self.ema.update(self.denoiser, skip=bad)
+        if time_budget(self.trainer) is None:
+            self.ema.update(self.denoiser, skip=bad)
+        else:  # the decay at the schedule step, once per schedule step this update stands for
+            count, rate = self.clock.at(self.trainer)
+            self.ema.update(self.denoiser, skip=bad, count=max(count, 1.0), per_update=rate)
         report.parameters = {n: p.detach() for n, p in self.denoiser.named_parameters()}
         if report.logs:
             self.log("train/nonfinite_steps", self.nonfinite_steps.float())
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if time_budget(self.trainer) is None:
+            scheduler.step()
+        else:  # where the schedule is at the next step, by the clock
+            go_to_step(scheduler, self.clock.step_at(self.trainer, self.global_step))
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None

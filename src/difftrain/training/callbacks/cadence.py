@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import lightning as L
 
+from difftrain.training.budget import time_budget
+
 
 class EveryNValidations:
-    """Counts finished validations (sanity checks excluded); `due` is true on every n-th."""
+    """Counts finished validations (sanity checks excluded); `due` is true on every n-th, and on
+    the last of training (at max_steps, or when a time budget is spent), so that the final
+    metrics are the final weights'."""
 
     def __init__(self, n: int):
         if n < 1:
@@ -18,4 +22,8 @@ class EveryNValidations:
         if trainer.sanity_checking:
             return False
         self.count += 1
-        return self.count % self.n == 0
+        timer = time_budget(trainer)
+        last = 0 < trainer.max_steps <= trainer.global_step or (
+            timer is not None and timer.time_remaining("train") <= 0
+        )
+        return self.count % self.n == 0 or last

@@ -9,8 +9,9 @@ import lightning as L
 
 class ResolutionCurriculum(L.Callback):
     """stages: [[step, fraction], ...]; from each step on, training images are downsampled (area)
-    to fraction x the data's image size, by the datamodule (`set_train_resolution`). Validation
-    and sampling stay at full resolution. Each resolution must be one the net can take (checked
+    to fraction x the data's image size, by the datamodule (`set_train_resolution`). Steps are
+    the module's schedule steps (under a time budget, shares of it). Validation and sampling stay
+    at full resolution. Each resolution must be one the net can take (checked
     when fitting starts).
     """
 
@@ -34,11 +35,11 @@ class ResolutionCurriculum(L.Callback):
             pl_module.check_resolution(self.resolution(step))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.datamodule.set_train_resolution(self.resolution(trainer.global_step))
+        trainer.datamodule.set_train_resolution(self.resolution(pl_module.schedule_step()))
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         if outputs["report"].logs:  # logging a number copies it to the device: a sync
             pl_module.log("train/resolution", float(batch[0].shape[-1]))
-        trainer.datamodule.set_train_resolution(self.resolution(trainer.global_step))  # the next
+        trainer.datamodule.set_train_resolution(self.resolution(pl_module.schedule_step()))
