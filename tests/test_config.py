@@ -247,9 +247,20 @@ GROUPS = [p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra
 def test_every_option_passes_the_start_up_checks(make_cfg, override):
     from difftrain.runs.preflight import check_values
 
-    extra = {"evaluator=toy": ["experiment=toy2d"], "text_encoder=tiny": ["data=captioned_digits"]}
+    extra = {
+        "evaluator=toy": ["experiment=toy2d"], "text_encoder=tiny": ["data=captioned_digits"],
+        "text_encoder=clip": ["data=captioned_digits", "text_encoder.path=/models/clip"],
+    }  # fmt: skip
     extra = extra.get(override, [])
     assert check_values(make_cfg(override, *extra)) == []
+
+
+def test_an_option_without_its_mandatory_value_is_refused_by_name(make_cfg):
+    from difftrain.runs.preflight import check_values
+
+    assert check_values(make_cfg("data=captioned_digits", "text_encoder=clip")) == [
+        "text_encoder.path=???: has no default, so give it, e.g. text_encoder.path=<value>"
+    ]
 
 
 def test_a_text_encoder_without_captions_says_which_data_has_them(make_cfg):

@@ -105,6 +105,13 @@ class ImageDataModule(L.LightningDataModule):
         captions = getattr(self.val_set.dataset, "captions", None) if self.val_set else None
         return [captions[i % len(captions)] for i in range(n)] if captions else None
 
+    def caption_rows(self) -> Tensor | None:
+        """The token rows of every training and validation caption, for a captioned dataset."""
+        sets = [s.dataset for s in (self.train_set, self.val_set) if s is not None]
+        if not sets or getattr(sets[0], "captions", None) is None:
+            return None
+        return torch.cat([torch.as_tensor(s.labels) for s in sets])
+
     def save_samples(self, samples: Tensor, path: str | Path) -> Path:
         """A PNG grid of model-range images (B, C, H, W)."""
         return save_grid(self.to_uint8(samples), path)

@@ -258,6 +258,9 @@ def _check_types(cfg: DictConfig, prefix: str = "") -> list[str]:
         path = f"{prefix}.{key}" if prefix else str(key)
         if OmegaConf.is_interpolation(cfg, key):
             continue
+        if OmegaConf.is_missing(cfg, key):
+            problems.append(f"{path}=???: has no default, so give it, e.g. {path}=<value>")
+            continue
         value = cfg[key]
         if isinstance(value, DictConfig):
             problems += _check_types(value, path)

@@ -74,10 +74,17 @@ class EMA(nn.Module):
         weight = torch.where(n == 0, 1.0, 1 - decay)  # first update: a copy
         if skip is not None:
             weight = weight * (~skip)
-        ours = [
-            t for t in (*self.module.parameters(), *self.module.buffers()) if t.is_floating_point()
+        # Frozen parts (a CLIP text encoder) are the same in both: not averaged.
+        pairs = [
+            (o, t)
+            for o, t in zip(self.module.parameters(), model.parameters(), strict=True)
+            if t.requires_grad
+        ] + [
+            (o, t)
+            for o, t in zip(self.module.buffers(), model.buffers(), strict=True)
+            if t.is_floating_point()
         ]
-        theirs = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+        ours, theirs = [o for o, _ in pairs], [t for _, t in pairs]
         torch._foreach_lerp_(ours, [t.detach() for t in theirs], weight.to(ours[0].dtype))
         self.n_averaged += 1 if skip is None else (~skip).long()
 

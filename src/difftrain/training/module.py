@@ -122,6 +122,14 @@ class DiffusionModule(L.LightningModule):
                 "written for, which the time budget stretches or shrinks"
             )
 
+    def on_fit_start(self) -> None:
+        """A frozen text encoder (text_encoder=clip) reads the data's captions once, here."""
+        encoder = getattr(self.denoiser.net, "text_encoder", None)
+        rows = self.trainer.datamodule.caption_rows() if self.trainer.datamodule else None
+        if hasattr(encoder, "precompute") and rows is not None:
+            encoder.precompute(rows)
+            self.ema.module.net.text_encoder.share_table(encoder)
+
     def schedule_step(self) -> int:
         """The step that step-based schedules read: the global step, or under a time budget
         `schedule_steps` x the share of the budget spent."""

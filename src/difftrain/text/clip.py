@@ -1,0 +1,142 @@
+"""`ClipTextEncoder`: transformers' CLIP text model, frozen, as a net's text encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from difftrain.text.tokenizer import PAD, WordTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class ClipTextEncoder(nn.Module):
+    """transformers' CLIPTextModel and CLIPTokenizer from a local folder or a hub name (Stable
+    Diffusion 1.x reads openai/clip-vit-large-patch14's last hidden states), frozen.
+
+    The net's token rows stay `WordTokenizer` rows over the data's vocabulary, as with
+    text_encoder=tiny, so that caption dropout's empty caption (an all-PAD row), the checkpoint's
+    vocabulary and the prompt checks are the same: CLIP reads each row's words, and an all-PAD
+    row as "", Stable Diffusion's unconditional prompt.
+
+    Frozen states are computed once per distinct caption: `precompute(rows)` (the data's
+    captions, at the start of fitting) reads them with CLIP, or from `cache_dir` where a run with
+    the same model and captions left them (the file is named by their fingerprint), and keeps a
+    table that `forward` looks up by a hash of each row. A training step thus neither runs CLIP
+    nor waits for the device; outside training, rows not in the table (new prompts) are read.
+    """
+
+    def __init__(
+        self, vocab: Sequence[str] | None, path: str, max_length: int = 16,
+        clip_max_length: int = 77, cache_dir: str | None = None,
+    ):  # fmt: skip
+        super().__init__()
+        try:
+            from transformers import CLIPTextModel, CLIPTokenizer
+        except ImportError as e:
+            raise ImportError(
+                "text_encoder=clip needs transformers: pip install -e '.[text]'"
+            ) from e
+
+        if not vocab:
+            raise ValueError(
+                "text_encoder=clip reads the data's captions, and this dataset has none: "
+                "use data=captioned_digits or data=caption_folder"
+            )
+        try:
+            self.clip_tokenizer = CLIPTokenizer.from_pretrained(path)
+            model = CLIPTextModel.from_pretrained(path)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"text_encoder=clip could not load {path!r}: {e}. Fix: text_encoder.path=<a folder "
+                "with config.json, the weights and the tokenizer files, as save_pretrained writes "
+                "them>, or a hub name on a machine that reaches the hub"
+            ) from e
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = WordTokenizer(vocab, max_length)
+        self.path, self.cache_dir = str(path), cache_dir
+        self.dim = model.config.hidden_size
+        self.clip_max_length = min(clip_max_length, model.config.max_position_embeddings)
+        weights = torch.randint(1, 2**61, (max_length,), generator=torch.Generator().manual_seed(0))
+        # The table: plain attributes, not buffers, so that neither checkpoints nor the EMA
+        # carry it; the EMA's copy of this encoder shares it (`share_table`).
+        self.table: dict[str, Tensor] = {"hash": weights}
+
+    def train(self, mode: bool = True) -> ClipTextEncoder:
+        super().train(mode)
+        self.model.eval()  # frozen: no dropout, in training too
+        return self
+
+    @torch.no_grad()
+    def read(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """CLIP's last hidden states (B, clip_max_length, dim) and attention mask of token rows."""
+        texts = self.tokenizer.decode(tokens)  # an all-PAD row decodes to ""
+        encoded = self.clip_tokenizer(
+            texts, padding="max_length", max_length=self.clip_max_length, truncation=True,
+            return_tensors="pt",
+        ).to(tokens.device)  # fmt: skip
+        states = self.model(**encoded).last_hidden_state
+        return states, encoded["attention_mask"].bool()
+
+    def fingerprint(self, rows: Tensor) -> str:
+        """Names the states of `rows`: the model (its config and a weight checksum) and the rows."""
+        digest = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True).encode())
+        digest.update(str(sum(float(p.double().sum()) for p in self.model.parameters())).encode())
+        digest.update(f"{self.clip_max_length}:{self.tokenizer.vocab}".encode())
+        digest.update(rows.cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def precompute(self, rows: Tensor, batch_size: int = 256) -> None:
+        """Read every distinct row of `rows` (and the empty caption) once, or load them from the
+        cache, into the lookup table."""
+        empty = torch.full((1, rows.shape[1]), PAD, dtype=rows.dtype)
+        rows = torch.unique(torch.cat([rows.cpu(), empty]), dim=0)
+        file = Path(self.cache_dir, f"clip-{self.fingerprint(rows)}.pt") if self.cache_dir else None
+        if file is not None and file.is_file():
+            states, mask = torch.load(file, weights_only=True).values()
+        else:
+            device = next(self.model.parameters()).device
+            read = [self.read(chunk.to(device)) for chunk in rows.split(batch_size)]
+            states = torch.cat([s for s, _ in read]).cpu()
+            mask = torch.cat([m for _, m in read]).cpu()
+            if file is not None:
+                file.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"states": states, "mask": mask}, file)
+                log.info("read %d captions with CLIP -> %s", len(rows), file)
+        keys = self.key(rows)
+        if len(keys.unique()) != len(keys):
+            raise RuntimeError("two captions share a hash: cannot table them")
+        order = keys.argsort()
+        self.table.update(keys=keys[order], states=states[order], mask=mask[order])
+
+    def share_table(self, other: ClipTextEncoder) -> None:
+        self.table = other.table
+
+    def key(self, tokens: Tensor) -> Tensor:
+        weights = self.table["hash"].to(tokens.device)[: tokens.shape[1]]
+        return (tokens * weights).sum(1)  # wraps around in int64: a hash
+
+    def _table_on(self, device: torch.device) -> dict[str, Tensor]:
+        if self.table["keys"].device != device:  # once: the table follows the net
+            self.table.update({k: v.to(device) for k, v in self.table.items()})
+        return self.table
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        if "keys" not in self.table:
+            return self.read(tokens)
+        table = self._table_on(tokens.device)
+        keys = self.key(tokens)
+        at = torch.searchsorted(table["keys"], keys).clamp(max=len(table["keys"]) - 1)
+        states, mask = table["states"][at], table["mask"][at]
+        if self.training:  # the data's rows, all in the table: no host check
+            return states, mask
+        missing = table["keys"][at] != keys
+        if bool(missing.any()):  # new prompts
+            states[missing], mask[missing] = self.read(tokens[missing])
+        return states, mask
