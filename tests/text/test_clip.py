@@ -7,8 +7,6 @@ level CLIP tokenizer, saved as save_pretrained writes a real one.
 from __future__ import annotations
 
 import json
-import string
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,29 +18,6 @@ from difftrain.text.tokenizer import PAD, WordTokenizer, build_vocab  # noqa: E4
 from difftrain.training.ema import EMA, WarmupDecay  # noqa: E402
 
 CAPTIONS = ["a red seven on a blue background", "a small green two", "a large white nine"]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + "'":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=40, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    CLIPTextModel(config).save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    return folder / "model"
 
 
 def encoder(clip_dir, cache_dir=None) -> ClipTextEncoder:

@@ -50,8 +50,15 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     job = job or current_job(cfg.task_name)
     with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric, start_step) as record:
-        datamodule = instantiate(cfg.data)
-        model = instantiate(cfg.model)
+        latent = {}
+        if cfg.get("autoencoder") is not None:  # one frozen copy: the data encodes, samples decode
+            autoencoder = instantiate(cfg.autoencoder)
+            latent = {"autoencoder": autoencoder}
+            cache = Path(cfg.paths.cache_dir, "latents")
+            datamodule = instantiate(cfg.data, autoencoder=autoencoder, latent_cache=cache)
+        else:
+            datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model, **latent)
         model.save_hyperparameters({"config": config}, logger=False)  # rebuilds it from a ckpt
         loggers = [instantiate(c) for c in cfg.logger.values()]
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off

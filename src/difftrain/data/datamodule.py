@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
@@ -17,6 +19,8 @@ from difftrain.data.device import DeviceBatches, augment_batch, device_batches
 from difftrain.data.images import save_grid
 from difftrain.data.transforms import to_model_range, to_uint8
 from difftrain.diffusion.loss import Share
+
+log = logging.getLogger(__name__)
 
 
 class _Mapped(Dataset):
@@ -33,11 +37,29 @@ class _Mapped(Dataset):
         return self.transform(x), y
 
 
+class _Latents(Dataset):
+    """An image dataset's latents with its labels; `.dataset` is the image dataset (captions,
+    judges and evaluation read the images)."""
+
+    def __init__(self, dataset: Dataset, latents: Tensor):
+        self.dataset, self.images = dataset, latents  # `images`: what the device batches serve
+        labels = getattr(dataset, "labels", None)
+        self.labels = labels if labels is not None else [dataset[i][1] for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, object]:
+        return self.images[i], self.labels[i]
+
+
 class ImageDataModule(L.LightningDataModule):
     """Batches of (images (B, C, S, S) in `value_range`, labels (B,)) for training and validation.
 
     `dataset(split)` returns images in [0, 1]; augmentation (train split only) acts there,
-    then images are mapped to the model's value range.
+    then images are mapped to the model's value range. With an `autoencoder` (latent diffusion),
+    the batches are the images' latents instead: each split is encoded once, unaugmented, and
+    cached under `latent_cache` by a fingerprint of the data and the autoencoder.
     """
 
     def __init__(
@@ -54,10 +76,18 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int = 0,
         on_device: bool = True,
         seed: int | None = 0,
+        autoencoder: nn.Module | None = None,
+        latent_cache: str | Path | None = None,
     ):
         super().__init__()
         if value_range[0] >= value_range[1]:
             raise ValueError(f"value_range must be increasing, got {list(value_range)}")
+        if autoencoder is not None and (hflip or translate):
+            raise ValueError(
+                "data.hflip and data.translate augment images, and an autoencoder's latents are "
+                "encoded once: set data.hflip=false data.translate=0 for latent diffusion"
+            )
+        self.autoencoder, self.latent_cache = autoencoder, latent_cache
         self.dataset, self.image_size, self.channels = dataset, image_size, channels
         self.num_classes, self.value_range = num_classes, tuple(value_range)
         self.batch_size, self.val_batch_size, self.num_workers = (
@@ -121,8 +151,40 @@ class ImageDataModule(L.LightningDataModule):
             return
         train, val = self.dataset("train"), self.dataset("val")
         self._check(train)
+        if self.autoencoder is not None:
+            self.train_set = _Latents(train, self._latents(train, "train"))
+            self.val_set = _Latents(val, self._latents(val, "val"))
+            return
         self.train_set = _Mapped(train, self._train_transform)
         self.val_set = _Mapped(val, self.normalize)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """What a training batch holds per example: an image, or its latent."""
+        if self.autoencoder is None:
+            return (self.channels, self.image_size, self.image_size)
+        size = self.image_size // self.autoencoder.factor
+        return (self.autoencoder.latent_channels, size, size)
+
+    def _latents(self, dataset: Dataset, split: str) -> Tensor:
+        """The autoencoder's latents of every image of a split, from the cache where they are."""
+        key = f"{self.dataset!r}:{split}:{len(dataset)}:{self.sample_shape}:{self.value_range}"
+        key += f":{self.autoencoder.fingerprint()}"
+        file = None
+        if self.latent_cache is not None:
+            name = f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+            file = Path(self.latent_cache, name)
+            if file.is_file():
+                return torch.load(file, weights_only=True)
+        device = next(self.autoencoder.parameters()).device
+        loader = DataLoader(_Mapped(dataset, self.normalize), batch_size=256)
+        latents = torch.cat([self.autoencoder.encode(x.to(device)).cpu() for x, _ in loader])
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(latents, file)
+            log.info("encoded %d %s images to latents %s -> %s", len(latents), split,
+                     tuple(latents.shape[1:]), file)  # fmt: skip
+        return latents
 
     def _check(self, dataset: Dataset) -> None:
         x, y = dataset[0]
@@ -155,6 +217,9 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         """In-memory datasets (digits, mnist, cifar10) are served from the training device
         (`on_device`); others by a stateful loader with workers (exact resume either way)."""
+        if isinstance(self.train_set, _Latents) and self.on_device and self.trainer is not None:
+            latents = self.train_set
+            return device_batches(self, latents.images, latents.labels, lambda z, g, s: z)
         held = getattr(self.train_set.dataset, "images", None) if self.train_set else None
         in_memory = isinstance(held, Tensor) and held.dtype == torch.uint8
         if self.on_device and in_memory and self.trainer is not None:

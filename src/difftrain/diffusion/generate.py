@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,12 +61,14 @@ class Diffusion:
     """A denoiser with its noise schedule and default sampler: all that drawing samples needs.
 
     The denoiser's net (`nets.protocol.Net`) tells the sample shape, the classes and what "no
-    class" means for classifier-free guidance.
+    class" means for classifier-free guidance. A latent diffusion model has a `decoder` (its
+    autoencoder's), which turns each batch of samples into images.
     """
 
     denoiser: nn.Module  # Denoiser or Ensemble
     schedule: NoiseSchedule
     sampler: Sampler
+    decoder: Callable[[Tensor], Tensor] | None = None  # latents to model-range images
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -85,8 +87,8 @@ class Diffusion:
         prompts: Sequence[str] | None = None,
         guidance: float = 1.0,
     ) -> tuple[Tensor, int]:
-        """Samples start .. start + n - 1 of stream `seed`, (n, *shape) in the model's space, and
-        the NFE per sample (default sampler: the run's own).
+        """Samples start .. start + n - 1 of stream `seed`, (n, *shape) in the model's space (a
+        latent model's decoded: images), and the NFE per sample (default sampler: the run's own).
 
         Sample i starts from its own noise (seed, i) and, for a class-conditional net, has class
         `class_labels(...)[i]`, so a deterministic sampler draws the same images whatever the batch
@@ -115,5 +117,5 @@ class Diffusion:
                 cond["text_tokens"] = tokens[index - start].to(device)
             steps = seeded_generator(seed, STEP_STREAM + first, device)
             x, nfe = sampler(denoiser, noise, self.schedule, cond=cond, generator=steps)
-            out.append(x.cpu())
+            out.append((x if self.decoder is None else self.decoder(x)).cpu())
         return torch.cat(out), nfe

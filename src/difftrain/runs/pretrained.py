@@ -85,7 +85,10 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     }
     denoiser.load_state_dict(state)
     denoiser.to(device).eval().requires_grad_(False)
-    diffusion = Diffusion(denoiser, instantiate(cfg.schedule), instantiate(cfg.sampler))
+    decoder = None
+    if cfg.get("autoencoder") is not None:  # latent diffusion: samples are decoded
+        decoder = instantiate(cfg.autoencoder).to(device).decode
+    diffusion = Diffusion(denoiser, instantiate(cfg.schedule), instantiate(cfg.sampler), decoder)
     return TrainedModel(cfg, diffusion, ckpt["global_step"])
 
 
@@ -101,7 +104,7 @@ def load_models(
     models = [load_trained(p, device) for p in paths]
     first = models[0]
     for path, model in zip(paths[1:], models[1:], strict=True):
-        for key in ("net", "data.value_range"):
+        for key in ("net", "data.value_range", "autoencoder"):
             a, b = OmegaConf.select(first.config, key), OmegaConf.select(model.config, key)
             if a != b:
                 raise ValueError(
@@ -109,5 +112,7 @@ def load_models(
                     "ensembles need the same architecture and data range"
                 )
     ensemble = Ensemble([m.diffusion.denoiser for m in models])
-    diffusion = Diffusion(ensemble, first.diffusion.schedule, first.diffusion.sampler)
+    diffusion = Diffusion(
+        ensemble, first.diffusion.schedule, first.diffusion.sampler, first.diffusion.decoder
+    )
     return TrainedModel(first.config, diffusion, first.global_step)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 class ClipTextEncoder(nn.Module):
     """transformers' CLIPTextModel and CLIPTokenizer from a local folder or a hub name (Stable
-    Diffusion 1.x reads openai/clip-vit-large-patch14's last hidden states), frozen.
+    Diffusion 1.x reads openai/clip-vit-large-patch14's last hidden states), frozen; in a
+    Stable Diffusion folder they are the subfolders text_encoder and tokenizer.
 
     The net's token rows stay `WordTokenizer` rows over the data's vocabulary, as with
     text_encoder=tiny, so that caption dropout's empty caption (an all-PAD row), the checkpoint's
@@ -34,7 +35,8 @@ class ClipTextEncoder(nn.Module):
 
     def __init__(
         self, vocab: Sequence[str] | None, path: str, max_length: int = 16,
-        clip_max_length: int = 77, cache_dir: str | None = None,
+        clip_max_length: int = 77, cache_dir: str | None = None, subfolder: str | None = None,
+        tokenizer_subfolder: str | None = None,
     ):  # fmt: skip
         super().__init__()
         try:
@@ -50,8 +52,11 @@ class ClipTextEncoder(nn.Module):
                 "use data=captioned_digits or data=caption_folder"
             )
         try:
-            self.clip_tokenizer = CLIPTokenizer.from_pretrained(path)
-            model = CLIPTextModel.from_pretrained(path)
+            tokenizer_in = {"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {}
+            self.clip_tokenizer = CLIPTokenizer.from_pretrained(path, **tokenizer_in)
+            model = CLIPTextModel.from_pretrained(
+                path, **({"subfolder": subfolder} if subfolder else {})
+            )
         except OSError as e:
             raise FileNotFoundError(
                 f"text_encoder=clip could not load {path!r}: {e}. Fix: text_encoder.path=<a folder "

@@ -55,6 +55,8 @@ class DiffusionModule(L.LightningModule):
     With `compile` (True, or a torch.compile mode such as "max-autotune-no-cudagraphs"), the
     trained net's forward is compiled; the EMA copy, which samples, is not.
 
+    With an `autoencoder` (latent diffusion), batches are its latents and samples are decoded.
+
     Step-based schedules (the LR schedule, the EMA decay, noise-level and resolution curricula)
     read `schedule_step()`: the global step, or under a time budget (`trainer.max_time`) the
     share of it spent times `schedule_steps` (see `training.budget`).
@@ -78,6 +80,7 @@ class DiffusionModule(L.LightningModule):
         seed: int | None = None,
         compile: bool | str = False,
         schedule_steps: int = 0,
+        autoencoder: nn.Module | None = None,
     ):
         super().__init__()
         check_compatible(schedule, objective)
@@ -105,13 +108,19 @@ class DiffusionModule(L.LightningModule):
         self.seed = seed  # of every training step's draws; None: drawn at random when fitting
         self.register_buffer("nonfinite_steps", torch.tensor(0), persistent=False)
         self.clock = ScheduleClock(horizon=schedule_steps)
+        # Frozen and rebuilt from the config on loading: not a submodule, so no checkpoint or
+        # EMA carries its weights; it follows the module's device when sampling.
+        self.__dict__["autoencoder"] = autoencoder
         self._report: StepReport | None = None
 
     @property
     def diffusion(self) -> Diffusion:
         """The EMA weights with the schedule and the run's sampler: what sampling uses. Built on
         each use: a strategy may have wrapped `ema.module` since (FSDP)."""
-        return Diffusion(self.ema.module, self.schedule, self.sampler)
+        decoder = None
+        if self.autoencoder is not None:
+            decoder = self.autoencoder.to(self.device).decode
+        return Diffusion(self.ema.module, self.schedule, self.sampler, decoder)
 
     def setup(self, stage: str) -> None:
         self.seed = shared_seed(self.seed, self.trainer.strategy)  # all processes draw alike
@@ -123,7 +132,16 @@ class DiffusionModule(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        """A frozen text encoder (text_encoder=clip) reads the data's captions once, here."""
+        """The net takes what the data serves (latents with an autoencoder); a frozen text
+        encoder (text_encoder=clip) reads the data's captions once, here."""
+        served = getattr(self.trainer.datamodule, "sample_shape", None)
+        net_shape = tuple(self.denoiser.net.sample_shape)
+        if served is not None and tuple(served) != net_shape:
+            what = "latents" if self.autoencoder is not None else "images"
+            raise ValueError(
+                f"the data serves {what} of shape {tuple(served)} but the net takes {net_shape}: "
+                f"set net.in_channels={served[0]} net.image_size={served[-1]}"
+            )
         encoder = getattr(self.denoiser.net, "text_encoder", None)
         rows = self.trainer.datamodule.caption_rows() if self.trainer.datamodule else None
         if hasattr(encoder, "precompute") and rows is not None:

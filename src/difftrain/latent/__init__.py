@@ -1,0 +1,1 @@
+"""Latent diffusion: autoencoders that map images to latents and back."""
