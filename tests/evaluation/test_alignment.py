@@ -30,3 +30,19 @@ def test_scores_count_matching_attributes_per_group():
     assert scores["all"] == pytest.approx(0.75)
     assert scores["heldout_digit"] == 1.0 and scores["heldout_foreground"] == 0.0
     assert scores["heldout_all"] == 0.0
+
+
+def test_the_judges_features_give_an_fid_that_sees_wrong_colours(tmp_path):
+    from difftrain.data.captioned import captioned_digits
+    from difftrain.evaluation.alignment import AttributeJudge
+    from difftrain.evaluation.metrics import frechet_distance
+
+    train = captioned_digits("train", root=str(tmp_path / "no-mnist"), copies=2, max_glyphs=300)
+    val = captioned_digits("val", root=str(tmp_path / "no-mnist"), copies=2, max_glyphs=150)
+    judge = AttributeJudge.load_or_train(train, val, tmp_path, images=600, epochs=2,
+                                         min_accuracy=0.0)  # fmt: skip
+    reference = judge.features(val.images)
+    assert reference.shape[0] == len(val.images)
+    real = frechet_distance(judge.features(train.images[:200]), reference)
+    swapped = frechet_distance(judge.features(train.images[:200].flip(1)), reference)  # BGR
+    assert swapped > 2 * real

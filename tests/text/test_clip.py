@@ -101,3 +101,37 @@ def test_a_captioned_run_with_clip_trains_caches_and_draws_prompts(clip_dir, tmp
     assert isinstance(net.text_encoder, ClipTextEncoder) and net.text_encoder.dim == 32
     images, _ = model.diffusion.generate(2, prompts=["a red seven"], guidance=2.0)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_clip_score_is_logged_where_a_clip_model_exists(clip_dir, tmp_path):
+    """callbacks.alignment.clip_score_model: torchmetrics' CLIPScore with a random tiny CLIP."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )  # fmt: skip
+
+    from difftrain.cli.train import train
+    from tests.conftest import TEXT, compose_cfg
+
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 128, "vocab_size": 80,
+            "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 8}  # fmt: skip
+    folder = tmp_path / "clip-full"
+    CLIPModel(
+        CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    ).save_pretrained(folder)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                           crop_size={"height": 32, "width": 32}),
+        tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
+    )  # fmt: skip
+    processor.save_pretrained(folder)
+    cfg = compose_cfg(tmp_path, *TEXT, f"callbacks.alignment.clip_score_model={folder}")
+    train(cfg)
+    alignment = json.loads((tmp_path / "run" / "summary.json").read_text())["alignment"]
+    assert -100 <= alignment["clip_score"] <= 100 and alignment["fid"] >= 0

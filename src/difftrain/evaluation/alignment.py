@@ -4,7 +4,7 @@ An attribute judge (one small classifier per judged attribute, trained on captio
 training images and cached) predicts each sample's digit, foreground and background colour.
 Alignment accuracy is the share of samples whose predicted attributes match their prompt's: per
 attribute, for all three at once, and apart for prompts of held-out combinations (never seen in
-training).
+training). The judges' penultimate features, side by side, also give an FID against real images.
 """
 
 from __future__ import annotations
@@ -82,6 +82,14 @@ class AttributeJudge:
             classifier.load_state_dict(state["state_dict"])
             classifiers[attribute], accuracies[attribute] = classifier.eval(), accuracy
         return cls(classifiers, accuracies)
+
+    @torch.no_grad()
+    def features(self, images: Tensor, batch_size: int = 512) -> Tensor:
+        """uint8 images (N, C, H, W) -> every judge's penultimate features, concatenated (N, D)."""
+        return torch.cat([
+            torch.cat([self.classifiers[a](chunk)[0] for a in JUDGED], dim=1)
+            for chunk in images.split(batch_size)
+        ])  # fmt: skip
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:

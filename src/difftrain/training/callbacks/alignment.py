@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from torch import Tensor
 
 from difftrain.data.captioned import CaptionedImages
 from difftrain.diffusion.samplers import Sampler
 from difftrain.evaluation.alignment import AttributeJudge, alignment, prompt_set
+from difftrain.evaluation.metrics import frechet_distance
 from difftrain.training.callbacks.cadence import EveryNValidations
 
 log = logging.getLogger(__name__)
@@ -22,7 +25,11 @@ class Alignment(L.Callback):
     prompts of attribute combinations seen in training and `num_per_held_out` prompts of each
     held-out combination (the data's `held_out`), and logs the share whose digit, foreground and
     background colour the attribute judge finds as asked: `eval/align_<attribute>`,
-    `eval/align_all` (all three), and `eval/align_heldout_*` for the held-out prompts.
+    `eval/align_all` (all three), and `eval/align_heldout_*` for the held-out prompts. The same
+    samples give `eval/fid`: the FID of the judges' features against `num_reference` validation
+    images (comparable between runs of the same data and prompt set, not with other FIDs). With
+    `clip_score_model` (a folder or hub name of a CLIP model, vision and text), also
+    `eval/clip_score`: torchmetrics' CLIPScore of the samples against their prompts.
 
     The judge is trained on the run's training images on first use and cached under
     `cache_dir`. Every process draws the samples (rank zero logs).
@@ -41,6 +48,8 @@ class Alignment(L.Callback):
         judge_epochs: int = 3,
         judge_min_accuracy: float = 0.9,
         batch_size: int = 256,
+        num_reference: int = 2000,
+        clip_score_model: str | None = None,
     ):
         self.sampler, self.cache_dir = sampler, Path(cache_dir)
         self.num_seen, self.num_per_held_out = num_seen, num_per_held_out
@@ -51,8 +60,10 @@ class Alignment(L.Callback):
             judge_epochs,
             batch_size,
         )
-        self.judge_min_accuracy = judge_min_accuracy
+        self.judge_min_accuracy, self.num_reference = judge_min_accuracy, num_reference
         self.judge: AttributeJudge | None = None
+        self.reference = None
+        self.clip_score_model, self.clip_score = clip_score_model, None
         self.seconds = 0.0
         self.last: dict[str, float] = {}
 
@@ -74,6 +85,9 @@ class Alignment(L.Callback):
         self.asked, self.held_out = prompt_set(
             self.num_seen, self.num_per_held_out, train.held_out, self.seed
         )
+        self.reference = self.judge.features(val.images[: self.num_reference])
+        if self.clip_score_model is not None:
+            self.clip_score = clip_score_metric(self.clip_score_model)
         self.seconds += time.perf_counter() - start
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -83,7 +97,8 @@ class Alignment(L.Callback):
         self.last = self.score(pl_module, trainer.datamodule)
         if trainer.is_global_zero:
             for name, value in self.last.items():
-                pl_module.log(f"eval/align_{name}", value, rank_zero_only=True)
+                key = f"eval/{name}" if name in ("fid", "clip_score") else f"eval/align_{name}"
+                pl_module.log(key, value, rank_zero_only=True)
             log.info(
                 "alignment at step %d: %s", trainer.global_step,
                 ", ".join(f"{k} {v:.3f}" for k, v in self.last.items()),
@@ -98,7 +113,13 @@ class Alignment(L.Callback):
             guidance=self.guidance, batch_size=self.batch_size,
         )  # fmt: skip
         images = datamodule.to_uint8(samples).permute(0, 3, 1, 2)
-        return alignment(self.judge.predict(images), self.asked, self.held_out)
+        scores = alignment(self.judge.predict(images), self.asked, self.held_out)
+        scores["fid"] = frechet_distance(self.judge.features(images), self.reference)
+        if self.clip_score is not None:
+            self.clip_score.reset()
+            self.clip_score.update(images, prompts)
+            scores["clip_score"] = self.clip_score.compute().item()
+        return scores
 
     def summary(self) -> dict[str, Any]:
         if not self.last:
@@ -112,3 +133,41 @@ class Alignment(L.Callback):
                 "seconds": self.seconds,
             }
         }
+
+
+def clip_score_metric(path: str) -> Any:
+    """torchmetrics' CLIPScore with the CLIP model and processor at `path` (a folder or a hub
+    name); torchmetrics itself takes only the openai hub names."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+    from transformers import CLIPModel, CLIPProcessor
+
+    def load() -> tuple[Any, Any]:
+        try:
+            model = _TensorFeatures(CLIPModel.from_pretrained(path))
+            return model, CLIPProcessor.from_pretrained(path)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"callbacks.alignment.clip_score_model={path!r} could not be loaded: {e}. Fix: a "
+                "folder with a CLIP model and its processor (save_pretrained's files), or null"
+            ) from e
+
+    return CLIPScore(model_name_or_path=load)
+
+
+class _TensorFeatures(torch.nn.Module):
+    """A CLIPModel whose get_image_features and get_text_features return the embeddings as
+    tensors, as torchmetrics reads them (transformers 5 returns model outputs instead)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_image_features(self, *args: Any, **kwargs: Any) -> Tensor:
+        return _embeddings(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args: Any, **kwargs: Any) -> Tensor:
+        return _embeddings(self.model.get_text_features(*args, **kwargs))
+
+
+def _embeddings(output: Any) -> Tensor:
+    return output if isinstance(output, Tensor) else output.pooler_output
