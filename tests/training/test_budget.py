@@ -35,7 +35,8 @@ class OneSecondSteps(L.Callback):
 
     made: list[OneSecondSteps] = []
 
-    def __init__(self):
+    def __init__(self, pause_at: int = -1):
+        self.pause_at = pause_at  # this step takes 10 more seconds (a validation, say)
         self.lr: list[float] = []
         self.resolution: list[int] = []
         OneSecondSteps.made.append(self)
@@ -45,7 +46,7 @@ class OneSecondSteps(L.Callback):
         self.resolution.append(batch[0].shape[-1])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        FAKE.now += 1.0
+        FAKE.now += 1.0 + 10.0 * (trainer.global_step - 1 == self.pause_at)
 
 
 FAKE = FakeTime()
@@ -78,6 +79,17 @@ def test_a_time_budget_stretches_the_lr_schedule_to_the_time(tmp_path, monkeypat
     peak = max(range(60), key=steps.lr.__getitem__)
     assert 12 <= peak <= 18  # warm-up ends at schedule step 5: real step 15
     assert steps.lr[-1] < 0.02e-3  # annealed within the budget
+
+
+def test_a_pause_moves_the_schedule_on_without_throwing_it(tmp_path, monkeypatch):
+    steps, _ = budget_run(tmp_path, monkeypatch, "trainer.max_time=00:00:01:00",
+                          "+callbacks.clock.pause_at=22")  # fmt: skip
+    assert len(steps.lr) == 50  # 10 of the 60 seconds went to the pause
+    decay = steps.lr[20:]  # after the warm-up: the cosine only goes down
+    assert all(b <= a + 1e-9 for a, b in zip(decay, decay[1:], strict=False)), " ".join(
+        f"{x * 1e4:.2f}" for x in decay
+    )
+    assert steps.lr[-1] < 0.02e-3
 
 
 def test_without_a_budget_the_schedules_count_steps(tmp_path, monkeypatch):
@@ -153,3 +165,32 @@ def _factors(make, **kwargs) -> list[float]:
         scheduler.optimizer.step()
         scheduler.step()
     return factors
+
+
+def test_every_process_follows_rank_zeros_clock(monkeypatch):
+    """Under DDP each process reads its own clock, but the schedule step is rank 0's, broadcast:
+    here rank 0 is further (60 of 100 schedule steps) than this process (30)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from difftrain.training.budget import ScheduleClock
+
+    monkeypatch.setattr(timer_module, "time", FAKE)
+    timer = Timer(duration="00:00:01:40")  # 100 s
+    timer._start_time[RunningStage.TRAINING] = FAKE.now = 0.0
+    sent = []
+    strategy = SimpleNamespace(broadcast=lambda value: sent.append(value) or 60.0 + len(sent) - 1)
+    trainer = SimpleNamespace(callbacks=[timer], global_step=0, strategy=strategy)
+    clock = ScheduleClock(horizon=100, every=10)
+    FAKE.now = 30.0
+    clock.read(trainer)
+    assert sent == [pytest.approx(30.0)] and clock.at(trainer) == (60.0, 0.0)
+    trainer.global_step, FAKE.now = 5, 35.0
+    clock.read(trainer)  # not due: no collective, extrapolated
+    assert len(sent) == 1 and clock.at(trainer)[0] == 60.0
+    trainer.global_step, FAKE.now = 10, 40.0
+    clock.read(trainer)
+    assert clock.at(trainer) == (61.0, pytest.approx(0.1))  # rank 0's pace: 1 per 10 steps
+    assert clock.step_at(trainer, 20) == 62

@@ -9,12 +9,15 @@ takes more, smaller schedule steps per update, a slow one fewer, larger ones.
 
 The elapsed share is read every `every` steps (the logging cadence; under DDP rank 0's clock,
 broadcast, so that every process follows the same schedule) and extrapolated in between at the
-rate measured last: the host reads no clock-dependent value between those steps.
+median pace of the last readings (a validation's pause moves the schedule on at the next reading
+but does not throw the extrapolation), never going back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
 
 import lightning as L
 from lightning.pytorch.callbacks import Timer
@@ -29,13 +32,14 @@ def time_budget(trainer: L.Trainer) -> Timer | None:
 @dataclass
 class ScheduleClock:
     """The schedule step of each global step: the global step itself, or under a time budget
-    `horizon` x the budget's spent share, extrapolated between readings taken `every` steps."""
+    `horizon` x the budget's spent share, read every `every` steps and extrapolated between."""
 
     horizon: int  # the steps the schedules are written for (trainer.max_steps)
     every: int = 10
     anchor_step: int = -1  # the global step of the last reading
     anchor: float = 0.0  # the schedule step then
-    rate: float = 0.0  # schedule steps per global step between the last two readings (none yet)
+    rate: float = 0.0  # schedule steps per global step: the median of the last paces (none yet)
+    paces: deque[float] = field(default_factory=lambda: deque(maxlen=5))
 
     def read(self, trainer: L.Trainer) -> None:
         """Take a reading every `every` steps (the same steps on every process)."""
@@ -45,11 +49,14 @@ class ScheduleClock:
         elapsed = timer.time_elapsed("train")
         fraction = elapsed / max(elapsed + timer.time_remaining("train"), 1e-9)
         now = trainer.strategy.broadcast(self.horizon * fraction)  # rank 0's clock for all
+        ahead = 0.0  # where the extrapolation got to: the schedule never goes back from there
         if 0 <= self.anchor_step < step:
-            self.rate = max(now - self.anchor, 0.0) / (step - self.anchor_step)
-        elif step > 0:  # resumed, or rolled back: the average rate so far
-            self.rate = now / step
-        self.anchor_step, self.anchor = step, now
+            ahead = self.anchor + (step - self.anchor_step) * self.rate
+            self.paces.append(max(now - self.anchor, 0.0) / (step - self.anchor_step))
+        elif step > 0:  # resumed, or rolled back: the average pace so far
+            self.paces = deque([now / step], maxlen=5)
+        self.rate = statistics.median(self.paces) if self.paces else 0.0
+        self.anchor_step, self.anchor = step, min(float(self.horizon), max(now, ahead))
 
     def step_at(self, trainer: L.Trainer, step: int | None = None) -> int:
         """The whole schedule step at global `step` (a float's rounding error forgiven)."""
