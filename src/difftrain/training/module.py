@@ -143,7 +143,8 @@ class DiffusionModule(L.LightningModule):
                 f"set net.in_channels={served[0]} net.image_size={served[-1]}"
             )
         encoder = getattr(self.denoiser.net, "text_encoder", None)
-        rows = self.trainer.datamodule.caption_rows() if self.trainer.datamodule else None
+        caption_rows = getattr(self.trainer.datamodule, "caption_rows", None)  # captioned data
+        rows = caption_rows() if caption_rows is not None else None
         if hasattr(encoder, "precompute") and rows is not None:
             encoder.precompute(rows)
             self.ema.module.net.text_encoder.share_table(encoder)
