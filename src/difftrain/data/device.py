@@ -58,6 +58,15 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.data) // self.global_batch
 
+    def state_dict(self) -> dict[str, int]:
+        """Lightning's resumable-loader interface. The position is the training step, which the
+        checkpoint already restores, so there is nothing else to keep (and Lightning no longer
+        warns that a mid-epoch resume is unreliable)."""
+        return {"step": self.step()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to load: the next batch follows from the restored training step."""
+
     def _order(self, epoch: int) -> Tensor:
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
         return torch.randperm(len(self.data), generator=generator).to(self.data.device)

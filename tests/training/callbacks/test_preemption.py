@@ -43,6 +43,7 @@ def test_a_signal_saves_the_step_exits_143_and_resumes_exactly(tmp_path, signal_
     )
     assert "resuming from" in resumed.stdout + resumed.stderr
     assert "trained 7 steps" in resumed.stdout + resumed.stderr  # this run's, not the total
+    assert "not resumable" not in resumed.stderr  # Lightning knows the device batches resume
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     whole, again = weights(tmp_path / "whole"), weights(cut)
     assert all(torch.equal(whole[k], again[k]) for k in whole), "the resumed run differs"
