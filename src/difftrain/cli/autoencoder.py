@@ -5,7 +5,9 @@
 Trains `TinyKL` (f=4) on the data's training images, reports the validation reconstruction
 error, measures the scaling factor (1 / the std of the latents, as Stable Diffusion's) and
 writes `out` (default autoencoders/<data>.pt), which `autoencoder=tiny autoencoder.path=...`
-reads.
+reads. On captioned_digits it also reports what the latents keep of each prompted attribute:
+the alignment judge's accuracy on reconstructed validation images, the most a latent model's
+prompt alignment can reach (a small L1 error can still lose thin strokes' colour).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from difftrain.config import CONFIG_DIR
+from difftrain.data.captioned import ATTRIBUTES, CaptionedImages
+from difftrain.evaluation.alignment import JUDGED, AttributeJudge
 from difftrain.latent.autoencoders import TinyKL
 from difftrain.runs.preflight import check_writable, exit_on_bad_input, raise_problems
 from difftrain.runtime import resolve_device
@@ -69,7 +73,39 @@ def train_autoencoder(cfg: DictConfig) -> dict[str, float]:
         "%.3f -> %s (autoencoder=tiny autoencoder.path=%s)",
         cfg.steps, (time.perf_counter() - start) / 60, error, scale, cfg.out, cfg.out,
     )  # fmt: skip
-    return {"val_l1": error, "scaling_factor": scale}
+    return {"val_l1": error, "scaling_factor": scale, **judge_reconstructions(cfg, datamodule, net)}
+
+
+def judge_reconstructions(cfg: DictConfig, datamodule, net: TinyKL) -> dict[str, float]:
+    """captioned_digits: the alignment judge's accuracy per attribute on the reconstructions of
+    `judge_images` validation images, and on the images themselves (`judged_real_*`)."""
+    train, val = (s.dataset for s in (datamodule.train_set, datamodule.val_set))
+    if not isinstance(train, CaptionedImages) or not cfg.judge_images:
+        return {}
+    judge = AttributeJudge.load_or_train(
+        train, val, cfg.paths.cache_dir, min_accuracy=cfg.judge_min_accuracy
+    )
+    images = val.images[: cfg.judge_images]
+    asked = val.attributes[: len(images)][:, [ATTRIBUTES.index(a) for a in JUDGED]]
+    net = net.cpu()
+    with torch.no_grad():
+        rebuilt = torch.cat([
+            datamodule.to_uint8(net.decode(net.encode(datamodule.normalize(x.float() / 255))[0]))
+            for x in images.split(256)
+        ]).permute(0, 3, 1, 2)  # fmt: skip
+    result = {}
+    for name, x in (("judged", rebuilt), ("judged_real", images)):
+        right = judge.predict(x) == asked
+        result |= {f"{name}_{a}": right[:, i].float().mean().item() for i, a in enumerate(JUDGED)}
+    log.info(
+        "the alignment judge on %d reconstructed validation images (real images): %s -- the "
+        "most a latent model's prompt alignment can reach",
+        len(images),
+        ", ".join(
+            f"{a} {result[f'judged_{a}']:.3f} ({result[f'judged_real_{a}']:.3f})" for a in JUDGED
+        ),
+    )
+    return result
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="autoencoder_train")
