@@ -151,3 +151,27 @@ def test_plus_sampler_options_change_the_runs_own_sampler(tiny_checkpoint, tmp_p
         cwd=tmp_path,
     )  # fmt: skip
     assert "NFE 3" in result.stdout and int(np.load(out)["nfe"]) == 3
+
+
+def test_autoguidance_by_a_guide_checkpoint(tiny_checkpoint, tiny_conditional_checkpoint, tmp_path):
+    """guide= mixes in a weaker model's prediction, unconditional models included: guiding a
+    model by itself changes nothing, by another model it does, and a guide of other data is
+    refused."""
+    from difftrain.runs.pretrained import load_guide
+
+    model = load_trained(tiny_checkpoint)
+    options = dict(seed=0, guidance=2.0)
+    alone, _ = model.generate(3, **options)
+    itself, _ = model.generate(3, guide=load_guide(tiny_checkpoint, model), **options)
+    other, _ = model.generate(3, guide=load_guide(tiny_conditional_checkpoint, model), **options)
+    torch.testing.assert_close(itself, alone)
+    assert (other - alone).abs().max() > 1e-3
+    model.config.data.value_range = [0.0, 1.0]
+    with pytest.raises(ValueError, match="cannot guide with .* data.value_range"):
+        load_guide(tiny_conditional_checkpoint, model)
+    out = tmp_path / "guided.npz"
+    run_module(
+        "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", f"guide={tiny_conditional_checkpoint}",
+        "guidance=2", "n=2", f"out={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert np.load(out)["images"].shape == (2, 16, 16, 1)

@@ -62,3 +62,18 @@ def test_guidance_works_with_every_sampler_signature():
             guided, torch.randn(2, 1, 2, 2), CosineSchedule(), cond=cond
         )
         assert torch.isfinite(x).all() and nfe > 0
+
+
+def test_autoguidance_extrapolates_away_from_the_guide_with_or_without_a_condition():
+    from difftrain.diffusion.guidance import Autoguidance
+
+    x, sigma = torch.randn(4, 1, 2, 2), torch.tensor(1.0)
+    good, bad = (lambda x, s, c: 0.5 * x + 1), (lambda x, s, c: 0.5 * x)
+    torch.testing.assert_close(Autoguidance(good, bad, 1.0)(x, sigma), good(x, sigma, None))
+    torch.testing.assert_close(Autoguidance(good, bad, 0.0)(x, sigma), bad(x, sigma, None))
+    torch.testing.assert_close(Autoguidance(good, bad, 2.5)(x, sigma), 0.5 * x + 2.5)
+    cond = {"class_labels": torch.tensor([1, 2, 3, 4])}  # passed to both, untouched
+    torch.testing.assert_close(
+        Autoguidance(toy_denoiser, bad, 2.0)(x, sigma, cond),
+        bad(x, sigma, cond) + 2 * (toy_denoiser(x, sigma, cond) - bad(x, sigma, cond)),
+    )

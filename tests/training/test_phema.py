@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -79,6 +81,24 @@ def test_cli_writes_checkpoints_that_sample(make_cfg):
     assert images.shape == (4, 16, 16, 1) and nfe == model.diffusion.sampler.steps
     ckpt = torch.load(paths[1], weights_only=False)
     assert ckpt["phema"]["sigma_rel"] == 0.08 and len(ckpt["phema"]["coefficients"]) == 8
+
+
+def test_the_last_step_is_snapshotted_and_earlier_steps_reconstruct(make_cfg):
+    """A run that stops between snapshots (a time budget) still snapshots its last step; step=N
+    writes the average as it was at step N, under its own name."""
+    cfg = make_cfg(*FAST, "callbacks=phema", "callbacks.posthoc_ema.snapshot_every=3", "logger=none",
+                   "~callbacks.evaluate")  # fmt: skip
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert sorted(p.name for p in (run / "phema").iterdir()) == [
+        "phema-0000003.pt", "phema-0000004.pt",
+    ]  # fmt: skip
+    (last,) = phema(run, [0.05])
+    (early,) = phema(run, [0.05], step=3)
+    assert early.name == "phema-0.050-step3.ckpt" and last.name == "phema-0.050.ckpt"
+    a, b = (torch.load(p, weights_only=False) for p in (last, early))
+    assert (a["phema"]["step"], b["phema"]["step"]) == (4, 3)
+    assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
 def test_cli_without_snapshots_says_how_to_record_them(tmp_path):

@@ -43,6 +43,7 @@ def _generate(cfg: DictConfig, model: TrainedModel) -> tuple[torch.Tensor, dict]
         "sampler": OmegaConf.to_container(sampler_config(cfg, model)),
         "nfe": nfe,
         "guidance": cfg.guidance,
+        "guide": cfg.get("guide"),
         "sampling_images_per_sec": cfg.n / seconds,
     }
     return uint8.permute(0, 3, 1, 2), info

@@ -2,8 +2,9 @@
 
     difftrain-phema run_dir=logs/mnist_edm/runs/<run> sigma_rel=0.05,0.1,0.15 [step=4000]
 
-Writes <run_dir>/checkpoints/phema-<sigma_rel>.ckpt for each: last.ckpt with its EMA weights
-replaced by the reconstruction, which difftrain-sample and difftrain-eval accept.
+Writes <run_dir>/checkpoints/phema-<sigma_rel>.ckpt for each (phema-<sigma_rel>-step<N>.ckpt with
+step=N: the average as it was at step N, e.g. a weaker guide for autoguidance): last.ckpt with
+its EMA weights replaced by the reconstruction, which difftrain-sample and difftrain-eval accept.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def phema(run_dir: str | Path, sigma_rels: list[float], step: int | None = None)
             "step": step or max(steps),
             "coefficients": weights.tolist(),
         }
-        path = run_dir / "checkpoints" / f"phema-{sigma_rel:.3f}.ckpt"
+        name = f"phema-{sigma_rel:.3f}" + ("" if step is None else f"-step{step}")
+        path = run_dir / "checkpoints" / f"{name}.ckpt"
         torch.save(ckpt, path)
         out.append(path)
         print(

@@ -27,7 +27,7 @@ from difftrain.runs.preflight import (
     exit_on_bad_input,
     raise_problems,
 )
-from difftrain.runs.pretrained import TrainedModel, load_models
+from difftrain.runs.pretrained import TrainedModel, load_guide, load_models
 from difftrain.runtime import resolve_device
 
 
@@ -133,10 +133,11 @@ def draw(
     images: bool = True,
     prompts: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, int, Sampler, torch.Tensor | None]:
-    """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance: uint8
-    images (N, H, W, C), or with images=False model-space samples (N, *shape); also the NFE, the
-    sampler and the class labels used."""
+    """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance (by
+    cfg.guide's checkpoint where there is one): uint8 images (N, H, W, C), or with images=False
+    model-space samples (N, *shape); also the NFE, the sampler and the class labels used."""
     sampler = instantiate(sampler_config(cfg, model))
+    guide = load_guide(cfg.guide, model) if cfg.get("guide") else None
     samples, nfe = (model.sample if images else model.generate)(
         cfg.n,
         sampler,
@@ -145,6 +146,7 @@ def draw(
         labels=requested_labels,
         prompts=prompts,
         guidance=cfg.guidance,
+        guide=guide,
     )
     return samples, nfe, sampler, class_labels(cfg.n, model.num_classes, requested_labels)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from difftrain.diffusion.guidance import ClassifierFreeGuidance
+from difftrain.diffusion.guidance import Autoguidance, ClassifierFreeGuidance
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
 
@@ -86,6 +86,7 @@ class Diffusion:
         labels: Sequence[int] | None = None,
         prompts: Sequence[str] | None = None,
         guidance: float = 1.0,
+        guide: nn.Module | None = None,
     ) -> tuple[Tensor, int]:
         """Samples start .. start + n - 1 of stream `seed`, (n, *shape) in the model's space (a
         latent model's decoded: images), and the NFE per sample (default sampler: the run's own).
@@ -95,7 +96,8 @@ class Diffusion:
         size, and n samples split over processes (by `start`) are the n samples of one process.
         A net that reads text (one with a `tokenizer`) draws sample i from `prompts[i % len]`, or
         with no prompt (the empty caption) when there are none. With guidance != 1,
-        classifier-free guidance mixes in the unconditional prediction.
+        classifier-free guidance mixes in the unconditional prediction; with a `guide` (a weaker
+        denoiser of the same data), autoguidance mixes in the guide's instead.
         """
         if n < 1:
             raise ValueError(f"the number of samples must be >= 1, got {n}")
@@ -105,7 +107,14 @@ class Diffusion:
         y = class_labels(n, net.num_classes, labels, start)
         tokens = prompt_tokens(n, getattr(net, "tokenizer", None), prompts, start)
         denoiser = self.denoiser
-        if (y is not None or tokens is not None) and guidance != 1:
+        if guide is not None:
+            if tuple(guide.net.sample_shape) != self.shape:
+                raise ValueError(
+                    f"the guide draws samples of shape {tuple(guide.net.sample_shape)}, this model "
+                    f"{self.shape}: autoguidance needs a guide trained on the same data"
+                )
+            denoiser = Autoguidance(denoiser, guide, guidance)
+        elif (y is not None or tokens is not None) and guidance != 1:
             denoiser = ClassifierFreeGuidance(denoiser, guidance, net.null_cond)
         device = next(self.denoiser.parameters()).device
         out, nfe = [], 0

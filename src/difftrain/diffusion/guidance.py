@@ -1,4 +1,6 @@
-"""Classifier-free guidance (Ho & Salimans 2022, Eq. 6), as a denoiser that every sampler accepts."""
+"""Guidance as denoisers that every sampler accepts: classifier-free guidance (Ho & Salimans 2022,
+Eq. 6) and autoguidance (Karras et al. 2024), which guides with a weaker model instead of the
+unconditional one and so also guides unconditional models."""
 
 from __future__ import annotations
 
@@ -31,3 +33,21 @@ class ClassifierFreeGuidance:
         sigma2 = sigma.expand(x.shape[0]).repeat(2) if sigma.ndim == 0 else sigma.repeat(2)
         conditional, unconditional = self.denoiser(torch.cat([x, x]), sigma2, both).chunk(2)
         return unconditional + self.scale * (conditional - unconditional)
+
+
+class Autoguidance:
+    """D_w(x) = D_guide(x) + w (D(x) - D_guide(x)): "Guiding a diffusion model with a bad version
+    of itself" (Karras et al. 2024, Eq. 2). The guide is a weaker model of the same data (fewer
+    training steps, e.g. an earlier post-hoc EMA, or a smaller net); pushing away from its errors
+    sharpens samples without the loss of variety that classifier-free guidance brings, and needs
+    no condition. Both see the same conditioning; w = 1 is the model alone."""
+
+    def __init__(self, denoiser: DenoiserFn, guide: DenoiserFn, scale: float):
+        self.denoiser, self.guide, self.scale = denoiser, guide, scale
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
+        good = self.denoiser(x, sigma, cond)
+        if self.scale == 1:
+            return good
+        bad = self.guide(x, sigma, cond)
+        return bad + self.scale * (good - bad)

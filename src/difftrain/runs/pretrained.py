@@ -92,6 +92,20 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     return TrainedModel(cfg, diffusion, ckpt["global_step"])
 
 
+def load_guide(path: str | Path, model: TrainedModel) -> torch.nn.Module:
+    """The EMA denoiser of a weaker checkpoint of the same data, to guide `model` with
+    (autoguidance: an earlier post-hoc EMA of the run, or a smaller net), on `model`'s device."""
+    guide = load_trained(path, next(model.diffusion.denoiser.parameters()).device)
+    for key in ("data.value_range", "data.image_size", "data.channels", "autoencoder"):
+        mine, theirs = OmegaConf.select(model.config, key), OmegaConf.select(guide.config, key)
+        if mine != theirs:
+            raise ValueError(
+                f"cannot guide with {path}: its {key} is {theirs}, the model's {mine}; a guide is "
+                "a weaker model of the same data (an earlier checkpoint or a smaller net)"
+            )
+    return guide.diffusion.denoiser
+
+
 def load_models(
     paths: str | Path | Sequence[str | Path], device: str | torch.device = "cpu"
 ) -> TrainedModel:

@@ -96,7 +96,7 @@ def reconstruct(
 
 class PostHocEMA(L.Callback):
     """Tracks one power-function EMA of the denoiser per sigma_rel (Eq. 1 and 127) and writes all
-    of them to `dirpath/phema-<step>.pt` every `snapshot_every` steps.
+    of them to `dirpath/phema-<step>.pt` every `snapshot_every` steps and at the last step.
 
     `difftrain-phema run_dir=... sigma_rel=...` then reconstructs an EMA of any length from them.
     """
@@ -126,6 +126,12 @@ class PostHocEMA(L.Callback):
             torch._foreach_lerp_(list(ema.values()), list(params.values()), weight)
         due = trainer.global_step % self.snapshot_every == 0 and trainer.is_global_zero
         if due and not report.skipped:  # (a wait for the device, at snapshots only)
+            self._save(trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The last step too, wherever training stopped (a time budget ends between snapshots),
+        so that the reconstructions average the whole run."""
+        if self.emas and trainer.is_global_zero and trainer.global_step % self.snapshot_every:
             self._save(trainer.global_step)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
