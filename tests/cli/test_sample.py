@@ -133,6 +133,7 @@ def test_bad_arguments_fail_before_anything_is_drawn(tiny_checkpoint, tmp_path):
         (["n=-1"], "n=-1: must be an integer in [1, inf)"),
         ([f"out={blocker / 'x.npz'}"], "is not a writable folder"),
         (["+sampler.steps=0"], "sampler.steps=0: must be an integer in [1, inf)"),
+        (["guide=nope.ckpt"], "guide=nope.ckpt: no such file"),
     ]:
         result = run_module(
             "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", *args, cwd=tmp_path, check=False
@@ -142,6 +143,14 @@ def test_bad_arguments_fail_before_anything_is_drawn(tiny_checkpoint, tmp_path):
             "Traceback (most recent call last)" not in result.stderr
             or "ConfigError" in result.stderr
         )
+
+
+def test_a_missing_checkpoint_is_named_without_a_traceback(tmp_path):
+    for cli in ("difftrain.cli.sample", "difftrain.cli.eval"):
+        result = run_module(cli, "ckpt=nope.ckpt", cwd=tmp_path, check=False)
+        assert result.returncode != 0, cli
+        assert "ckpt=nope.ckpt: no such file" in result.stderr, result.stderr[-500:]
+        assert "Traceback (most recent call last)" not in result.stderr, cli
 
 
 def test_plus_sampler_options_change_the_runs_own_sampler(tiny_checkpoint, tmp_path):

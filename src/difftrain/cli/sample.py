@@ -113,8 +113,19 @@ def check_prompts(model: TrainedModel, prompts: list[str]) -> None:
 
 
 def check_arguments(cfg: DictConfig, outputs: dict[str, Path]) -> None:
-    """Fail on bad arguments and unwritable outputs before loading or sampling anything."""
-    raise_problems(check_values(cfg) + check_writable(**outputs), "these arguments")
+    """Fail on bad arguments, missing checkpoints and unwritable outputs before loading or
+    sampling anything."""
+    ckpts = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.get("ckpt")
+    files = [("guide", cfg.get("guide"))] + [
+        ("ckpt", path) for path in (ckpts if OmegaConf.is_list(ckpts) else [ckpts])
+    ]
+    missing = [
+        f"{key}={path}: no such file. Fix: point {key} at a checkpoint, e.g. "
+        "<run dir>/checkpoints/last.ckpt"
+        for key, path in files
+        if path is not None and not Path(path).is_file()
+    ]
+    raise_problems(check_values(cfg) + missing + check_writable(**outputs), "these arguments")
 
 
 def sampler_config(cfg: DictConfig, model: TrainedModel) -> DictConfig:
