@@ -96,14 +96,25 @@ def load_guide(path: str | Path, model: TrainedModel) -> torch.nn.Module:
     """The EMA denoiser of a weaker checkpoint of the same data, to guide `model` with
     (autoguidance: an earlier post-hoc EMA of the run, or a smaller net), on `model`'s device."""
     guide = load_trained(path, next(model.diffusion.denoiser.parameters()).device)
-    for key in ("data.value_range", "data.image_size", "data.channels", "autoencoder"):
-        mine, theirs = OmegaConf.select(model.config, key), OmegaConf.select(guide.config, key)
-        if mine != theirs:
-            raise ValueError(
-                f"cannot guide with {path}: its {key} is {theirs}, the model's {mine}; a guide is "
-                "a weaker model of the same data (an earlier checkpoint or a smaller net)"
-            )
+    keys = ("data.value_range", "data.image_size", "data.channels", "autoencoder")
+    if differ := first_difference(model, guide, keys):
+        key, mine, theirs = differ
+        raise ValueError(
+            f"cannot guide with {path}: its {key} is {theirs}, the model's {mine}; a guide is "
+            "a weaker model of the same data (an earlier checkpoint or a smaller net)"
+        )
     return guide.diffusion.denoiser
+
+
+def first_difference(
+    a: TrainedModel, b: TrainedModel, keys: Sequence[str]
+) -> tuple[str, Any, Any] | None:
+    """The first of `keys` whose config value differs between two checkpoints, with both values."""
+    for key in keys:
+        x, y = OmegaConf.select(a.config, key), OmegaConf.select(b.config, key)
+        if x != y:
+            return key, x, y
+    return None
 
 
 def load_models(
@@ -118,13 +129,12 @@ def load_models(
     models = [load_trained(p, device) for p in paths]
     first = models[0]
     for path, model in zip(paths[1:], models[1:], strict=True):
-        for key in ("net", "data.value_range", "autoencoder"):
-            a, b = OmegaConf.select(first.config, key), OmegaConf.select(model.config, key)
-            if a != b:
-                raise ValueError(
-                    f"cannot ensemble {paths[0]} and {path}: their {key} differ ({a} vs {b}); "
-                    "ensembles need the same architecture and data range"
-                )
+        if differ := first_difference(first, model, ("net", "data.value_range", "autoencoder")):
+            key, a, b = differ
+            raise ValueError(
+                f"cannot ensemble {paths[0]} and {path}: their {key} differ ({a} vs {b}); "
+                "ensembles need the same architecture and data range"
+            )
     ensemble = Ensemble([m.diffusion.denoiser for m in models])
     diffusion = Diffusion(
         ensemble, first.diffusion.schedule, first.diffusion.sampler, first.diffusion.decoder
