@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py                         # every conf/net/*.yaml at 32x32x1
     python benchmarks/train_speed.py --nets unet_small --image-size 16 --batch-size 128
     python benchmarks/train_speed.py --diffusers             # also diffusers' UNet2DModel (32/64/64)
+    python benchmarks/train_speed.py --nets unet_small --diffusers --precision bf16   # bf16 autocast
 
 FLOPs are counted by torch's FlopCounterMode on one step; GFLOP/s = FLOPs per step / seconds per step.
 """
@@ -25,16 +26,21 @@ from difftrain.diffusion.schedules import CosineSchedule
 
 
 def measure(
-    net: nn.Module, shape: tuple[int, int, int], batch_size: int, steps: int
+    net: nn.Module, shape: tuple[int, int, int], batch_size: int, steps: int, bf16: bool = False
 ) -> tuple[float, float, int]:
-    """(images/s, GFLOP per image, parameters) for training steps of the eps-prediction loss."""
+    """(images/s, GFLOP per image, parameters) for training steps of the eps-prediction loss.
+
+    `bf16` runs the forward under bf16 autocast (weights and Adam stay fp32), as
+    `trainer.precision=bf16-mixed` does.
+    """
     denoiser, schedule = Denoiser(net, EpsObjective()), CosineSchedule()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     x0 = torch.randn(batch_size, *shape)
 
     def step() -> None:
         sigma = schedule.sigma(torch.rand(batch_size))
-        loss = denoiser.error(x0, sigma, torch.randn_like(x0))[0].mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = denoiser.error(x0, sigma, torch.randn_like(x0))[0].float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -99,6 +105,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--diffusers", action="store_true", help="also time diffusers' UNet2DModel")
+    parser.add_argument(
+        "--precision", choices=["32", "bf16"], default="32", help="bf16: autocast the forward"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,14 +124,17 @@ def main() -> None:
 
     shape = (args.channels, args.image_size, args.image_size)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, images {shape}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"images {shape}, precision {args.precision}"
     )
     print(f"{'net':<18} {'params':>9} {'GFLOP/img':>10} {'images/s':>9} {'GFLOP/s':>8}")
     for name, build in nets.items():
         net = build()
         if len(net.sample_shape) != 3:  # not an image net (mlp: toy2d points)
             continue
-        images_per_s, gflop, params = measure(net, shape, args.batch_size, args.steps)
+        images_per_s, gflop, params = measure(
+            net, shape, args.batch_size, args.steps, bf16=args.precision == "bf16"
+        )
         print(
             f"{name:<18} {params / 1e6:>8.2f}M {gflop:>10.3f} {images_per_s:>9.1f} {images_per_s * gflop:>8.1f}"
         )

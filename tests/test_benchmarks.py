@@ -34,6 +34,9 @@ def test_train_speed_measures_every_composed_net_config():
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:]}
     assert set(rows) == {"unet_tiny"}, out  # mlp draws points, not images
     assert all(float(images_per_s) > 0 for _, _, images_per_s, _ in rows.values())
+    out = run_benchmark("train_speed.py", "--nets", "unet_tiny", "--steps", "1", "--image-size", "8",
+                        "--batch-size", "4", "--precision", "bf16")  # fmt: skip
+    assert "precision bf16" in out.splitlines()[0] and float(out.splitlines()[2].split()[3]) > 0
 
 
 def test_activation_memory_compares_both_settings():

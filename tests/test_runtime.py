@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from difftrain.runtime import cores, oversubscription, warn_if_oversubscribed
+from difftrain.runtime import (
+    cores,
+    cpu_bf16_warning,
+    cpu_flags,
+    oversubscription,
+    warn_if_oversubscribed,
+)
 
 
 def test_oversubscription_is_named_with_the_fix():
@@ -27,3 +33,14 @@ def test_a_busy_machine_is_seen(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="difftrain.runtime"):
         warn_if_oversubscribed()
     assert caplog.text == ""
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_named_with_the_fix():
+    avx2 = {"sse4_2", "avx", "avx2", "fma"}
+    message = cpu_bf16_warning("bf16-mixed", avx2)
+    assert "without bf16 instructions" in message and "trainer.precision=32-true" in message
+    assert cpu_bf16_warning("bf16-mixed", avx2 | {"avx512f", "avx512_bf16"}) is None
+    assert cpu_bf16_warning("bf16-mixed", {"asimd", "bf16"}) is None  # Arm
+    assert cpu_bf16_warning("32-true", avx2) is None
+    assert cpu_bf16_warning("bf16-mixed", set()) is None  # flags unknown: nothing to say
+    assert isinstance(cpu_flags(), set)

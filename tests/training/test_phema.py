@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from difftrain.cli.phema import main as phema_main
 from difftrain.cli.phema import phema
 from difftrain.cli.train import train
 from difftrain.runs.pretrained import load_trained
@@ -99,6 +100,10 @@ def test_the_last_step_is_snapshotted_and_earlier_steps_reconstruct(make_cfg):
     a, b = (torch.load(p, weights_only=False) for p in (last, early))
     assert (a["phema"]["step"], b["phema"]["step"]) == (4, 3)
     assert any(not torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    (near,) = phema(run, [0.05], at=0.7)  # 0.7 x 4 = 2.8: the snapshot nearest is step 3
+    assert near.name == "phema-0.050-step3.ckpt"
+    with pytest.raises(SystemExit, match="at=1.5: must be a fraction"):
+        phema_main([f"run_dir={run}", "sigma_rel=0.05", "at=1.5"])
 
 
 def test_cli_without_snapshots_says_how_to_record_them(tmp_path):

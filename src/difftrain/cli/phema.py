@@ -1,10 +1,12 @@
 """difftrain-phema: post-hoc EMA checkpoints of any relative length from a run's snapshots.
 
-    difftrain-phema run_dir=logs/mnist_edm/runs/<run> sigma_rel=0.05,0.1,0.15 [step=4000]
+    difftrain-phema run_dir=logs/mnist_edm/runs/<run> sigma_rel=0.05,0.1,0.15 [step=4000 | at=0.3]
 
 Writes <run_dir>/checkpoints/phema-<sigma_rel>.ckpt for each (phema-<sigma_rel>-step<N>.ckpt with
 step=N: the average as it was at step N, e.g. a weaker guide for autoguidance): last.ckpt with
 its EMA weights replaced by the reconstruction, which difftrain-sample and difftrain-eval accept.
+at=F picks N as the snapshot nearest to that fraction of the run, which names the same point of a
+time-budgeted run on a fast machine and a slow one.
 """
 
 from __future__ import annotations
@@ -17,11 +19,20 @@ import torch
 from difftrain.runs.pretrained import EMA_PREFIX, load_checkpoint
 from difftrain.training.phema import reconstruct
 
-USAGE = "usage: difftrain-phema run_dir=PATH sigma_rel=0.05,0.1[,...] [step=N]"
+USAGE = "usage: difftrain-phema run_dir=PATH sigma_rel=0.05,0.1[,...] [step=N | at=FRACTION]"
 
 
-def phema(run_dir: str | Path, sigma_rels: list[float], step: int | None = None) -> list[Path]:
-    """Reconstruct and write one checkpoint per sigma_rel; returns their paths."""
+def phema(
+    run_dir: str | Path,
+    sigma_rels: list[float],
+    step: int | None = None,
+    at: float | None = None,
+) -> list[Path]:
+    """Reconstruct and write one checkpoint per sigma_rel; returns their paths.
+
+    `step` is the step whose average to write (default: the last); `at` chooses it as the snapshot
+    step nearest to that fraction of the last one.
+    """
     run_dir = Path(run_dir)
     files = sorted((run_dir / "phema").glob("phema-*.pt"))
     if not files:
@@ -30,6 +41,10 @@ def phema(run_dir: str | Path, sigma_rels: list[float], step: int | None = None)
             "(or add the posthoc_ema callback) to record them"
         )
     snapshots = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
+    if at is not None:
+        last = max(s["step"] for s in snapshots)
+        step = min((s["step"] for s in snapshots), key=lambda k: abs(k - at * last))
+        print(f"at={at:g} of {last} steps: step {step}")
     if step is not None:
         snapshots = [s for s in snapshots if s["step"] <= step]
     steps = [s["step"] for s in snapshots for _ in s["sigma_rels"]]
@@ -61,7 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     if "run_dir" not in args or "sigma_rel" not in args:
         raise SystemExit(USAGE)
     sigma_rels = [float(s) for s in args["sigma_rel"].strip("[]").split(",")]
-    phema(args["run_dir"], sigma_rels, int(args["step"]) if "step" in args else None)
+    if "step" in args and "at" in args:
+        raise SystemExit(f"step= and at= both choose the step; give one. {USAGE}")
+    at = float(args["at"]) if "at" in args else None
+    if at is not None and not 0 < at <= 1:
+        raise SystemExit(f"at={args['at']}: must be a fraction of the run in (0, 1]. {USAGE}")
+    phema(args["run_dir"], sigma_rels, int(args["step"]) if "step" in args else None, at)
 
 
 if __name__ == "__main__":

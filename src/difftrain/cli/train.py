@@ -31,7 +31,7 @@ from difftrain.runs.preflight import (
 )
 from difftrain.runs.summary import RunRecord
 from difftrain.runs.sweep import Job, current_job, failure_rate
-from difftrain.runtime import apply_runtime, warn_if_oversubscribed
+from difftrain.runtime import apply_runtime, cpu_bf16_warning, cpu_flags, warn_if_oversubscribed
 from difftrain.training.callbacks.guard import TrainingDiverged
 from difftrain.training.callbacks.preemption import Preempted
 
@@ -47,6 +47,8 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     apply_runtime(cfg.seed, cfg.num_threads, cfg.float32_matmul_precision)
     if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
         warn_if_oversubscribed()
+        if message := cpu_bf16_warning(str(cfg.trainer.precision), cpu_flags()):
+            log.warning(message)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     job = job or current_job(cfg.task_name)
     with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric, start_step) as record:
