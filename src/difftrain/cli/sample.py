@@ -159,7 +159,9 @@ def draw(
         guidance=cfg.guidance,
         guide=guide,
     )
-    return samples, nfe, sampler, class_labels(cfg.n, model.num_classes, requested_labels)
+    prior = model.diffusion.class_prior
+    labels = class_labels(cfg.n, model.num_classes, requested_labels, prior=prior)
+    return samples, nfe, sampler, labels
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")

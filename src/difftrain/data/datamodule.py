@@ -126,6 +126,18 @@ class ImageDataModule(L.LightningDataModule):
         x = images.float() / 255
         return self.normalize(augment_batch(x, generator, share, self.hflip, self.translate))
 
+    def examples(self, n: int) -> Tensor:
+        """The first n training examples (all, if fewer) as the net takes them, unaugmented:
+        images in the model's range, or their latents; (n, *sample_shape)."""
+        self.setup("fit")
+        if isinstance(self.train_set, _Latents):
+            return self.train_set.images[:n]
+        images = self.train_set.dataset
+        held = getattr(images, "images", None)
+        if isinstance(held, Tensor) and held.dtype == torch.uint8:
+            return self.normalize(held[:n].float() / 255)
+        return torch.stack([self.normalize(images[i][0]) for i in range(min(n, len(images)))])
+
     def to_uint8(self, x: Tensor) -> Tensor:
         """The exact inverse of `normalize`, to uint8 (B, H, W, C)."""
         return to_uint8(x, self.value_range)

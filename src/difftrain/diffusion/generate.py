@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,15 +29,32 @@ def seeded_noise(seed: int, indices: Tensor, shape: Sequence[int]) -> Tensor:
     )
 
 
+def golden_points(index: Tensor) -> Tensor:
+    """frac(0.5 + i x golden ratio) for each i of `index` (float64): low-discrepancy points in
+    [0, 1), so any run of consecutive indices spreads evenly over it."""
+    return torch.frac(0.5 + index.double() * (math.sqrt(5) - 1) / 2)
+
+
 def class_labels(
-    n: int, num_classes: int, requested: Sequence[int] | None = None, start: int = 0
+    n: int,
+    num_classes: int,
+    requested: Sequence[int] | None = None,
+    start: int = 0,
+    prior: Tensor | None = None,
 ) -> Tensor | None:
     """The labels of samples start .. start + n - 1: `requested` cycled, by default the classes
-    0, 1, 2, ... in turn; None for an unconditional net."""
+    0, 1, 2, ... in turn, or with a `prior` (each class's share, e.g. of clusters) drawn by it:
+    sample i takes the class where `golden_points` puts it in the prior's cumulative shares, so
+    any n consecutive samples follow it closely. None for an unconditional net."""
     if requested is not None and not num_classes:
         raise ValueError("class labels given, but the net is unconditional (num_classes=0)")
     if not num_classes:
         return None
+    if requested is None and prior is not None:
+        u = golden_points(torch.arange(start, start + n))
+        cumulative = prior.detach().double().cpu().cumsum(0)
+        labels = torch.searchsorted(cumulative / cumulative[-1], u, right=True)
+        return labels.clamp(max=len(prior) - 1)
     labels = torch.as_tensor(list(requested) if requested is not None else range(num_classes))
     if len(labels) == 0 or labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"class_labels must be in [0, {num_classes - 1}], got {labels.tolist()}")
@@ -69,6 +87,7 @@ class Diffusion:
     schedule: NoiseSchedule
     sampler: Sampler
     decoder: Callable[[Tensor], Tensor] | None = None  # latents to model-range images
+    class_prior: Tensor | None = None  # classes drawn by these shares (clusters), else in turn
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -104,7 +123,7 @@ class Diffusion:
         sampler = sampler or self.sampler
         sampler.check(self.schedule)
         net = self.denoiser.net
-        y = class_labels(n, net.num_classes, labels, start)
+        y = class_labels(n, net.num_classes, labels, start, self.class_prior)
         tokens = prompt_tokens(n, getattr(net, "tokenizer", None), prompts, start)
         denoiser = self.denoiser
         if guide is not None:

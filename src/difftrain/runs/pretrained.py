@@ -88,7 +88,16 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     decoder = None
     if cfg.get("autoencoder") is not None:  # latent diffusion: samples are decoded
         decoder = instantiate(cfg.autoencoder).to(device).decode
-    diffusion = Diffusion(denoiser, instantiate(cfg.schedule), instantiate(cfg.sampler), decoder)
+    prior = None  # cluster conditioning: samples draw the clusters by their shares
+    if OmegaConf.select(cfg, "model.clusters") is not None:
+        clusters = instantiate(cfg.model.clusters)
+        prefix = "clusters."
+        clusters.load_state_dict(
+            {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        )
+        prior = clusters.prior.to(device)
+    schedule, sampler = instantiate(cfg.schedule), instantiate(cfg.sampler)
+    diffusion = Diffusion(denoiser, schedule, sampler, decoder, prior)
     return TrainedModel(cfg, diffusion, ckpt["global_step"])
 
 
@@ -136,7 +145,6 @@ def load_models(
                 "ensembles need the same architecture and data range"
             )
     ensemble = Ensemble([m.diffusion.denoiser for m in models])
-    diffusion = Diffusion(
-        ensemble, first.diffusion.schedule, first.diffusion.sampler, first.diffusion.decoder
-    )
+    d = first.diffusion
+    diffusion = Diffusion(ensemble, d.schedule, d.sampler, d.decoder, d.class_prior)
     return TrainedModel(first.config, diffusion, first.global_step)

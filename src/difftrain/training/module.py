@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -11,7 +12,12 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from difftrain.diffusion.denoiser import Denoiser
-from difftrain.diffusion.generate import Diffusion, seeded_generator, seeded_noise
+from difftrain.diffusion.generate import (
+    Diffusion,
+    golden_points,
+    seeded_generator,
+    seeded_noise,
+)
 from difftrain.diffusion.loss import WHOLE, DenoisingLoss, Share, x0_error
 from difftrain.diffusion.objectives import Objective, check_compatible
 from difftrain.diffusion.samplers import Sampler
@@ -21,12 +27,14 @@ from difftrain.runtime import shared_seed
 from difftrain.text.tokenizer import PAD
 from difftrain.training.augment import AugmentPipe
 from difftrain.training.budget import ScheduleClock, go_to_step, time_budget
+from difftrain.training.clusters import Clusters
 from difftrain.training.distributed import is_sharded
 from difftrain.training.ema import EMA
 from difftrain.training.health import bucket_names
 from difftrain.training.optim import parameter_groups, skip_update
 from difftrain.training.report import StepReport, logs_this_step
 
+log = logging.getLogger(__name__)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 TRAINING_STREAM = 2**30  # the step generators' seeds, apart from sampling's (diffusion.generate)
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
@@ -57,6 +65,10 @@ class DiffusionModule(L.LightningModule):
 
     With an `autoencoder` (latent diffusion), batches are its latents and samples are decoded.
 
+    With `clusters` (cluster conditioning, `training.clusters`), the class-conditional net is
+    conditioned on each example's k-means cluster instead of its label, the clusters fitted to
+    the training data when training starts; unconditional samples draw clusters by their share.
+
     Step-based schedules (the LR schedule, the EMA decay, noise-level and resolution curricula)
     read `schedule_step()`: the global step, or under a time budget (`trainer.max_time`) the
     share of it spent times `schedule_steps` (see `training.budget`).
@@ -81,9 +93,15 @@ class DiffusionModule(L.LightningModule):
         compile: bool | str = False,
         schedule_steps: int = 0,
         autoencoder: nn.Module | None = None,
+        clusters: Clusters | None = None,
     ):
         super().__init__()
         check_compatible(schedule, objective)
+        if clusters is not None and net.num_classes != clusters.k:
+            raise ValueError(
+                f"model.clusters.k={clusters.k} clusters condition a net with as many classes, "
+                f"but net.num_classes={net.num_classes}: set net.num_classes={clusters.k}"
+            )
         sampler.check(schedule)
         if augment is not None and net.augment_dim != augment.label_dim:
             raise ValueError(
@@ -111,6 +129,7 @@ class DiffusionModule(L.LightningModule):
         # Frozen and rebuilt from the config on loading: not a submodule, so no checkpoint or
         # EMA carries its weights; it follows the module's device when sampling.
         self.__dict__["autoencoder"] = autoencoder
+        self.clusters = clusters  # a submodule: the checkpoint carries the fitted clusters
         self._report: StepReport | None = None
 
     @property
@@ -120,7 +139,8 @@ class DiffusionModule(L.LightningModule):
         decoder = None
         if self.autoencoder is not None:
             decoder = self.autoencoder.to(self.device).decode
-        return Diffusion(self.ema.module, self.schedule, self.sampler, decoder)
+        prior = self.clusters.prior if self.clusters is not None else None
+        return Diffusion(self.ema.module, self.schedule, self.sampler, decoder, prior)
 
     def setup(self, stage: str) -> None:
         self.seed = shared_seed(self.seed, self.trainer.strategy)  # all processes draw alike
@@ -133,7 +153,8 @@ class DiffusionModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """The net takes what the data serves (latents with an autoencoder); a frozen text
-        encoder (text_encoder=clip) reads the data's captions once, here."""
+        encoder (text_encoder=clip) reads the data's captions once, here; so do the clusters
+        (model.clusters) their examples, unless the run resumes with them."""
         served = getattr(self.trainer.datamodule, "sample_shape", None)
         net_shape = tuple(self.denoiser.net.sample_shape)
         if served is not None and tuple(served) != net_shape:
@@ -148,6 +169,25 @@ class DiffusionModule(L.LightningModule):
         if hasattr(encoder, "precompute") and rows is not None:
             encoder.precompute(rows)
             self.ema.module.net.text_encoder.share_table(encoder)
+        if self.clusters is not None and not self.clusters.fitted:
+            self._fit_clusters()
+
+    def _fit_clusters(self) -> None:
+        examples = getattr(self.trainer.datamodule, "examples", None)
+        if examples is None:
+            raise ValueError(
+                "model.clusters fits its clusters to the data's images, and this data module "
+                f"({type(self.trainer.datamodule).__name__}) serves none: drop model.clusters"
+            )
+        labels = self.clusters.fit(examples(self.clusters.examples))
+        sizes = torch.bincount(labels, minlength=self.clusters.k)
+        log.info(
+            "cluster conditioning: %d k-means clusters of %d training examples, %d to %d each",
+            self.clusters.k,
+            len(labels),
+            sizes.min(),
+            sizes.max(),
+        )
 
     def schedule_step(self) -> int:
         """The step that step-based schedules read: the global step, or under a time budget
@@ -183,6 +223,8 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, object]:
         x0, labels = batch
+        if self.clusters is not None:
+            labels = self.clusters(x0)
         generator = self.step_generator()
         share = Share(self.global_rank, self.trainer.world_size)
         cond = self._cond(labels, generator, share)
@@ -261,7 +303,7 @@ class DiffusionModule(L.LightningModule):
         index = batch_idx * self.trainer.val_dataloaders.batch_size + torch.arange(x0.shape[0])
         sigma, noise = self._fixed_noise(index, x0.shape[1:])
         sigma, noise = sigma.to(x0), noise.to(x0)
-        cond = self._cond(labels)
+        cond = self._cond(labels if self.clusters is None else self.clusters(x0))
         losses = x0_error(self.ema.module, x0, sigma, noise, cond)
         self.val_loss.update(losses)
         self.val_loss_online.update(x0_error(self.denoiser, x0, sigma, noise, cond))
@@ -283,8 +325,7 @@ class DiffusionModule(L.LightningModule):
 
     def _fixed_noise(self, index: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:
         """Noise level and noise of validation example i: the same in every epoch and run."""
-        golden = (math.sqrt(5) - 1) / 2
-        u = torch.frac(0.5 + index.double() * golden)  # low-discrepancy levels in [0, 1)
+        u = golden_points(index)  # low-discrepancy levels in [0, 1)
         lo, hi = (math.log(s) for s in self.val_sigma_range)
         return torch.exp(lo + u * (hi - lo)).float(), seeded_noise(self.val_seed, index, shape)
 
