@@ -94,3 +94,14 @@ def test_cluster_count_and_net_classes_must_agree(make_cfg):
     )
     with pytest.raises(Exception, match="set net.num_classes=4"):
         train(cfg)
+
+
+def test_images_at_another_resolution_are_resized_to_the_fitted_one():
+    """A resolution curriculum trains on smaller images: each still gets its own cluster."""
+    left = torch.zeros(1, 8, 8)
+    left[:, :, :4] = 1
+    images = torch.stack([left, left.flip(-1)] * 50) + 0.05 * torch.randn(100, 1, 8, 8)
+    clusters = Clusters(k=2, dims=4)
+    labels = clusters.fit(images)
+    small = torch.nn.functional.interpolate(images, size=4, mode="area")
+    assert torch.equal(clusters(small), labels) and len(labels.unique()) == 2

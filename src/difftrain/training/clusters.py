@@ -94,9 +94,9 @@ class Clusters(nn.Module):
         examples (a resolution curriculum) is resized to theirs first."""
         if not self.fitted:
             raise RuntimeError("Clusters.fit must run before the clusters are asked for")
-        shape = tuple(self.shape.tolist())
-        if tuple(x.shape[1:]) != shape:
-            x = F.interpolate(x.float(), size=shape[1:], mode="bilinear", antialias=True)
+        if x[0].numel() != self.mean.numel():  # known without asking the device (no sync)
+            size = tuple(self.shape.tolist())[1:]
+            x = F.interpolate(x.float(), size=size, mode="bilinear", antialias=True)
         with torch.autocast(x.device.type, enabled=False):
             z = (x.flatten(1).float() - self.mean) @ self.basis
             return torch.cdist(z, self.centroids).argmin(1)
