@@ -88,14 +88,9 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     decoder = None
     if cfg.get("autoencoder") is not None:  # latent diffusion: samples are decoded
         decoder = instantiate(cfg.autoencoder).to(device).decode
-    prior = None  # cluster conditioning: samples draw the clusters by their shares
-    if OmegaConf.select(cfg, "model.clusters") is not None:
-        clusters = instantiate(cfg.model.clusters)
-        prefix = "clusters."
-        clusters.load_state_dict(
-            {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-        )
-        prior = clusters.prior.to(device)
+    prior = ckpt["state_dict"].get("clusters.prior")  # cluster conditioning: draw by shares
+    if prior is not None:
+        prior = prior.to(device)
     schedule, sampler = instantiate(cfg.schedule), instantiate(cfg.sampler)
     diffusion = Diffusion(denoiser, schedule, sampler, decoder, prior)
     return TrainedModel(cfg, diffusion, ckpt["global_step"])
