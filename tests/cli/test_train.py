@@ -177,7 +177,8 @@ def test_two_runs_started_at_once_get_a_run_dir_each(tmp_path):
     args = [sys.executable, "-m", "difftrain.cli.train", *FAST, "logger=none",
             f"paths.log_dir={tmp_path / 'logs'}", "hydra.run.dir=${paths.log_dir}/runs/same_second_${run_id:}"]  # fmt: skip
     runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]  # fmt: skip
-    assert [p.wait(timeout=600) for p in runs] == [0, 0]
+    codes = [p.wait(timeout=600) for p in runs]
+    assert codes == [0, 0], "\n".join(p.stdout.read().decode()[-3000:] for p in runs)
     dirs = sorted((tmp_path / "logs" / "runs").iterdir())
     assert len(dirs) == 2  # the same "second" (here: the same name), yet one dir per run
     for run in dirs:

@@ -44,7 +44,7 @@ def check_metrics_react(
 def test_metrics_react_on_digits_at_mnist_shape(tmp_path):
     datasets = partial(ds.digits, image_size=28)
     evaluator = Evaluator(
-        datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=40_000
+        datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=20_000
     )
     evaluator.setup()
     assert evaluator.info["classifier_test_accuracy"] > 0.9
@@ -85,6 +85,18 @@ def test_reference_features_are_cached(tmp_path, monkeypatch):
         second.info["reference_cached"] is True and calls == []
     )  # no feature pass over the reference
     torch.testing.assert_close(second.reference.features, first.reference.features)
+    # A cache file cut short (a full disk, a kill) is computed again and rewritten whole, for
+    # the classifier as for the features: the run goes on, and the next one reuses it.
+    files = [*tmp_path.glob("classifiers/*.pt"), *tmp_path.glob("reference/*.pt")]
+    assert len(files) == 2
+    for file in files:
+        file.write_bytes(file.read_bytes()[:100])
+    third = Evaluator(datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=10_000)
+    third.setup()
+    assert third.info["reference_cached"] is False
+    torch.testing.assert_close(third.reference.features, first.reference.features)
+    assert all(torch.load(file, weights_only=True) for file in files)
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_bad_settings_fail_clearly():

@@ -29,6 +29,7 @@ from difftrain.evaluation.alignment import JUDGED, AttributeJudge
 from difftrain.latent.autoencoders import TinyKL
 from difftrain.runs.preflight import check_writable, exit_on_bad_input, raise_problems
 from difftrain.runtime import resolve_device
+from difftrain.training.checkpoint_io import save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,7 @@ def train_autoencoder(cfg: DictConfig) -> dict[str, float]:
     error, scale = torch.cat(errors).mean().item(), 1 / torch.cat(latents).std().item()
     config = {"in_channels": datamodule.channels, "channels": cfg.channels,
               "latent_channels": cfg.latent_channels}  # fmt: skip
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": config, "state_dict": net.cpu().state_dict(), "scaling_factor": scale,
+    save_atomically({"config": config, "state_dict": net.cpu().state_dict(), "scaling_factor": scale,
                 "val_l1": error, "steps": cfg.steps}, cfg.out)  # fmt: skip
     log.info(
         "trained %d steps in %.1f min: validation L1 %.4f (images in [-1, 1]), scaling factor "

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from difftrain.runs.pretrained import EMA_PREFIX, load_checkpoint
+from difftrain.training.checkpoint_io import save_atomically
 from difftrain.training.phema import reconstruct
 
 USAGE = "usage: difftrain-phema run_dir=PATH sigma_rel=0.05,0.1[,...] [step=N | at=FRACTION]"
@@ -63,7 +64,7 @@ def phema(
         }
         name = f"phema-{sigma_rel:.3f}" + ("" if step is None else f"-step{step}")
         path = run_dir / "checkpoints" / f"{name}.ckpt"
-        torch.save(ckpt, path)
+        save_atomically(ckpt, path)
         out.append(path)
         print(
             f"sigma_rel {sigma_rel:.3f}: {path} (from {len(states)} snapshots up to step {step or max(steps)})"

@@ -19,6 +19,7 @@ from difftrain.data.device import DeviceBatches, augment_batch, device_batches
 from difftrain.data.images import save_grid
 from difftrain.data.transforms import to_model_range, to_uint8
 from difftrain.diffusion.loss import Share
+from difftrain.training.checkpoint_io import load_cached, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +187,13 @@ class ImageDataModule(L.LightningDataModule):
         if self.latent_cache is not None:
             name = f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
             file = Path(self.latent_cache, name)
-            if file.is_file():
-                return torch.load(file, weights_only=True)
+            if (latents := load_cached(file)) is not None:
+                return latents
         device = next(self.autoencoder.parameters()).device
         loader = DataLoader(_Mapped(dataset, self.normalize), batch_size=256)
         latents = torch.cat([self.autoencoder.encode(x.to(device)).cpu() for x, _ in loader])
         if file is not None:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(latents, file)
+            save_atomically(latents, file)
             log.info("encoded %d %s images to latents %s -> %s", len(latents), split,
                      tuple(latents.shape[1:]), file)  # fmt: skip
         return latents

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from difftrain.training.checkpoint_io import load_cached, save_atomically
+
 log = logging.getLogger(__name__)
 CLASSIFIER = "difftrain-classifier"
 CLASSIFIER_VERSION = 1  # part of the cache key: bump it when Classifier or its training changes
@@ -154,17 +156,15 @@ def load_or_train_classifier(
             f"{num_classes}); set data.num_classes, or use evaluator=inception"
         )
     path = Path(cache_dir) / "classifiers" / f"{key}.pt"
-    if path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    if (state := load_cached(path)) is not None:
         log.info(
             "using the cached classifier %s (test accuracy %.4f)", path, state["test_accuracy"]
         )
         return path, state["test_accuracy"]
     start = time.perf_counter()
     model, acc = train_classifier(datasets("train"), datasets("val"), channels, num_classes, epochs)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"config": model.config, "state_dict": model.state_dict(), "test_accuracy": acc}
-    torch.save(state, path)
+    save_atomically(state, path)
     path.with_suffix(".json").write_text(
         json.dumps({"key": key, "test_accuracy": acc, "epochs": epochs})
     )

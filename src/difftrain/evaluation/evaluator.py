@@ -27,6 +27,7 @@ from difftrain.evaluation.features import (
     inception_weights,
 )
 from difftrain.evaluation.metrics import METRICS, class_coverage, compute_metrics
+from difftrain.training.checkpoint_io import load_cached
 
 log = logging.getLogger(__name__)
 FEATURES = {"inception": INCEPTION, "classifier": CLASSIFIER}
@@ -114,8 +115,8 @@ class Evaluator:
         self.image_shape = tuple(reference_images.shape[1:])
         reference_key = f"{fingerprint(reference_images)}-{self.image_shape[-1]}px-{self.split}"
         path = self.cache_dir / "reference" / f"{reference_key}-{self.info['extractor']}.pt"
-        if path.is_file():
-            self.reference = FeatureSet.load(path)
+        if (cached := load_cached(path)) is not None:
+            self.reference = FeatureSet(**cached)
             log.info("reusing cached reference features %s (%d images)", path, len(self.reference))
             self.info["reference_cached"] = True
         else:

@@ -17,6 +17,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.utils import create_feature_extractor
 
 from difftrain.evaluation.classifier import CLASSIFIER
+from difftrain.training.checkpoint_io import save_atomically
 
 log = logging.getLogger(__name__)
 INCEPTION = "inception-v3-compat"
@@ -34,12 +35,7 @@ class FeatureSet:
         return len(self.features)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"features": self.features, "logits": self.logits}, path)
-
-    @classmethod
-    def load(cls, path: Path) -> FeatureSet:
-        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+        save_atomically({"features": self.features, "logits": self.logits}, path)
 
 
 def inception_weights(path: str | None, timeout: float = 20.0) -> Path:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from difftrain.text.tokenizer import PAD, WordTokenizer
+from difftrain.training.checkpoint_io import load_cached, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,16 @@ class ClipTextEncoder(nn.Module):
         empty = torch.full((1, rows.shape[1]), PAD, dtype=rows.dtype)
         rows = torch.unique(torch.cat([rows.cpu(), empty]), dim=0)
         file = Path(self.cache_dir, f"clip-{self.fingerprint(rows)}.pt") if self.cache_dir else None
-        if file is not None and file.is_file():
-            states, mask = torch.load(file, weights_only=True).values()
+        cached = load_cached(file) if file is not None else None
+        if cached is not None:
+            states, mask = cached["states"], cached["mask"]
         else:
             device = next(self.model.parameters()).device
             read = [self.read(chunk.to(device)) for chunk in rows.split(batch_size)]
             states = torch.cat([s for s, _ in read]).cpu()
             mask = torch.cat([m for _, m in read]).cpu()
             if file is not None:
-                file.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"states": states, "mask": mask}, file)
+                save_atomically({"states": states, "mask": mask}, file)
                 log.info("read %d captions with CLIP -> %s", len(rows), file)
         keys = self.key(rows)
         if len(keys.unique()) != len(keys):

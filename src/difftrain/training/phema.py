@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from difftrain.training.checkpoint_io import save_atomically
 from difftrain.training.distributed import is_sharded
 from difftrain.training.ema import PowerDecay
 from difftrain.training.report import StepReport
@@ -145,8 +146,7 @@ class PostHocEMA(L.Callback):
 
     def _save(self, step: int) -> None:
         profiles = [{n: p.cpu().clone() for n, p in ema.items()} for ema in self.emas]
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        torch.save(
+        save_atomically(
             {"step": int(self.updates), "sigma_rels": self.sigma_rels, "profiles": profiles},
             self.dirpath / f"phema-{step:07d}.pt",
         )
