@@ -128,21 +128,18 @@ def test_a_toy2d_checkpoint_samples_points_and_a_scatter_plot(tiny_multirun, tmp
 def test_bad_arguments_fail_before_anything_is_drawn(tiny_checkpoint, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    for args, message in [
-        (["n=0"], "n=0: must be an integer in [1, inf)"),
-        (["n=-1"], "n=-1: must be an integer in [1, inf)"),
-        ([f"out={blocker / 'x.npz'}"], "is not a writable folder"),
-        (["+sampler.steps=0"], "sampler.steps=0: must be an integer in [1, inf)"),
-        (["guide=nope.ckpt"], "guide=nope.ckpt: no such file"),
-    ]:
-        result = run_module(
-            "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", *args, cwd=tmp_path, check=False
-        )
-        assert result.returncode != 0 and message in result.stdout + result.stderr, args
-        assert (
-            "Traceback (most recent call last)" not in result.stderr
-            or "ConfigError" in result.stderr
-        )
+    bad = {  # every problem is named at once, before the checkpoint is even loaded
+        "n=-1": "n=-1: must be an integer in [1, inf)",
+        f"out={blocker / 'x.npz'}": "is not a writable folder",
+        "+sampler.steps=0": "sampler.steps=0: must be an integer in [1, inf)",
+        "guide=nope.ckpt": "guide=nope.ckpt: no such file",
+    }
+    result = run_module(
+        "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", *bad, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 1 and "Traceback (most recent call last)" not in result.stderr
+    for message in bad.values():
+        assert message in result.stderr, (message, result.stderr[-2000:])
 
 
 def test_a_missing_checkpoint_is_named_without_a_traceback(tmp_path):
@@ -165,12 +162,15 @@ def test_plus_sampler_options_change_the_runs_own_sampler(tiny_checkpoint, tmp_p
 def test_autoguidance_by_a_guide_checkpoint(tiny_checkpoint, tiny_conditional_checkpoint, tmp_path):
     """guide= mixes in a weaker model's prediction, unconditional models included: guiding a
     model by itself changes nothing, by another model it does, and a guide of other data is
-    refused."""
+    refused. Without a guide, guidance on an unconditional model is refused (it would do
+    nothing)."""
     from difftrain.runs.pretrained import load_guide
 
     model = load_trained(tiny_checkpoint)
     options = dict(seed=0, guidance=2.0)
-    alone, _ = model.generate(3, **options)
+    with pytest.raises(ValueError, match="unconditional model.*guide="):
+        model.generate(3, **options)
+    alone, _ = model.generate(3, seed=0)
     itself, _ = model.generate(3, guide=load_guide(tiny_checkpoint, model), **options)
     other, _ = model.generate(3, guide=load_guide(tiny_conditional_checkpoint, model), **options)
     torch.testing.assert_close(itself, alone)
@@ -184,3 +184,27 @@ def test_autoguidance_by_a_guide_checkpoint(tiny_checkpoint, tiny_conditional_ch
         "guidance=2", "n=2", f"out={out}", cwd=tmp_path,
     )  # fmt: skip
     assert np.load(out)["images"].shape == (2, 16, 16, 1)
+
+
+def test_out_must_name_what_the_format_writes(tiny_checkpoint, tmp_path):
+    """An npz archive ends in .npz and a PNG folder not in .png (its grid takes that name), so
+    no file lands under a name the message does not give; guidance on an unconditional model
+    without a guide is refused with the fix, not ignored."""
+    from omegaconf import OmegaConf
+
+    from difftrain.cli.sample import output_problems
+
+    def problems(**options):
+        return output_problems(OmegaConf.create(options))
+
+    assert problems(out="a/s.npz", format="npz") == problems(out="a/dir", format="png") == []
+    assert "Fix: out=s.npz" in problems(out="s.png", format="npz")[0]
+    assert "Fix: out=s (the folder" in problems(out="s.png", format="png")[0]
+    assert "must be npz or png" in problems(out="s.npz", format="jpg")[0]
+    result = run_module(
+        "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", "guidance=2", "n=2",
+        f"out={tmp_path / 's.npz'}", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "unconditional model" in result.stderr and "guide=<ckpt>" in result.stderr
+    assert not (tmp_path / "s.npz").exists()

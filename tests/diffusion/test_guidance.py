@@ -77,3 +77,19 @@ def test_autoguidance_extrapolates_away_from_the_guide_with_or_without_a_conditi
         Autoguidance(toy_denoiser, bad, 2.0)(x, sigma, cond),
         bad(x, sigma, cond) + 2 * (toy_denoiser(x, sigma, cond) - bad(x, sigma, cond)),
     )
+
+
+def test_in_training_guidance_on_an_unconditional_net_fails_before_training(tmp_path):
+    """callbacks.sample_grid.guidance / callbacks.evaluate.guidance != 1 on an unconditional run
+    would draw unguided samples under a guided name: refused when fitting starts."""
+    import pytest
+    from hydra.utils import instantiate
+
+    from tests.conftest import FAST, compose_cfg
+
+    cfg = compose_cfg(tmp_path, *FAST, "callbacks.sample_grid.guidance=2")
+    model = instantiate(cfg.model)
+    grid = instantiate(cfg.callbacks.sample_grid)
+    with pytest.raises(ValueError, match="guidance=2.* unconditional model"):
+        grid.on_fit_start(None, model)
+    instantiate(cfg.callbacks.sample_grid, guidance=1.0).on_fit_start(None, model)

@@ -37,9 +37,9 @@ def sample(cfg: DictConfig) -> Path:
     format=npz: uint8 (N, H, W, C) under `images` (and nfe, seed, step, labels); format=png: a
     folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
     """
-    check_arguments(cfg, outputs={"out": Path(cfg.out).absolute().parent})
-    if cfg.format not in ("npz", "png"):
-        raise ValueError(f"format must be npz or png, got {cfg.format!r}")
+    check_arguments(
+        cfg, outputs={"out": Path(cfg.out).absolute().parent}, problems=output_problems(cfg)
+    )
     prompts = read_prompts(cfg)
     model = load_models(cfg.ckpt, resolve_device(cfg.device))
     if prompts is not None:
@@ -112,9 +112,30 @@ def check_prompts(model: TrainedModel, prompts: list[str]) -> None:
         raise ConfigError(str(e)) from None
 
 
-def check_arguments(cfg: DictConfig, outputs: dict[str, Path]) -> None:
-    """Fail on bad arguments, missing checkpoints and unwritable outputs before loading or
-    sampling anything."""
+def output_problems(cfg: DictConfig) -> list[str]:
+    """`format` and the name `out` it writes to: an .npz archive, or a folder of PNGs; the grid
+    goes beside either as `out` with the suffix .png."""
+    out = Path(cfg.out)
+    if cfg.format == "npz" and out.suffix != ".npz":
+        return [
+            f"out={cfg.out}: format=npz writes an .npz archive (its grid beside it as a .png). "
+            f"Fix: out={out.with_suffix('.npz')}, or format=png for a folder of PNGs"
+        ]
+    if cfg.format == "png" and out.suffix == ".png":
+        return [
+            f"out={cfg.out}: format=png writes a folder of PNGs, and its grid would take the same "
+            f"name. Fix: out={out.with_suffix('')} (the folder; the grid goes to {out})"
+        ]
+    if cfg.format not in ("npz", "png"):
+        return [f"format={cfg.format!r}: must be npz or png"]
+    return []
+
+
+def check_arguments(
+    cfg: DictConfig, outputs: dict[str, Path], problems: Sequence[str] = ()
+) -> None:
+    """Fail on bad arguments (and `problems` found by the caller), missing checkpoints and
+    unwritable outputs before loading or sampling anything."""
     ckpts = None if OmegaConf.is_missing(cfg, "ckpt") else cfg.get("ckpt")
     files = [("guide", cfg.get("guide"))] + [
         ("ckpt", path) for path in (ckpts if OmegaConf.is_list(ckpts) else [ckpts])
@@ -125,7 +146,9 @@ def check_arguments(cfg: DictConfig, outputs: dict[str, Path]) -> None:
         for key, path in files
         if path is not None and not Path(path).is_file()
     ]
-    raise_problems(check_values(cfg) + missing + check_writable(**outputs), "these arguments")
+    raise_problems(
+        [*problems, *check_values(cfg), *missing, *check_writable(**outputs)], "these arguments"
+    )
 
 
 def sampler_config(cfg: DictConfig, model: TrainedModel) -> DictConfig:
@@ -149,6 +172,10 @@ def draw(
     model-space samples (N, *shape); also the NFE, the sampler and the class labels used."""
     sampler = instantiate(sampler_config(cfg, model))
     guide = load_guide(cfg.guide, model) if cfg.get("guide") else None
+    try:
+        model.diffusion.check_guidance(cfg.guidance, guide)
+    except ValueError as e:  # the arguments' fault: a message, not a traceback
+        raise ConfigError(str(e)) from None
     samples, nfe = (model.sample if images else model.generate)(
         cfg.n,
         sampler,

@@ -93,6 +93,18 @@ class Diffusion:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.denoiser.net.sample_shape)
 
+    def check_guidance(self, guidance: float, guide: nn.Module | None = None) -> None:
+        """Fail, naming the fix, on a guidance scale with nothing to guide by: an unconditional
+        net without a `guide` would otherwise sample as if guidance were 1."""
+        net = self.denoiser.net
+        conditional = net.num_classes > 0 or getattr(net, "tokenizer", None) is not None
+        if guidance != 1 and guide is None and not conditional:
+            raise ValueError(
+                f"guidance={guidance} on an unconditional model: classifier-free guidance needs "
+                "class labels or text, so it would change nothing. Fix: give a guide (autoguidance, "
+                "a weaker checkpoint of the same data: guide=<ckpt>), or leave guidance at 1"
+            )
+
     @torch.no_grad()
     def generate(
         self,
@@ -122,6 +134,7 @@ class Diffusion:
             raise ValueError(f"the number of samples must be >= 1, got {n}")
         sampler = sampler or self.sampler
         sampler.check(self.schedule)
+        self.check_guidance(guidance, guide)
         net = self.denoiser.net
         y = class_labels(n, net.num_classes, labels, start, self.class_prior)
         tokens = prompt_tokens(n, getattr(net, "tokenizer", None), prompts, start)

@@ -35,6 +35,9 @@ class SampleGrid(L.Callback):
         self.cadence = EveryNValidations(every_n_validations)
         self.last_path: Path | None = None
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.diffusion.check_guidance(self.guidance)  # before training, not at the first grid
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.cadence.due(trainer):
             return

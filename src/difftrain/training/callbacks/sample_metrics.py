@@ -63,6 +63,7 @@ class Evaluate(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.check_sampler(self.sampler)
+        pl_module.diffusion.check_guidance(self.guidance)
         start = time.perf_counter()
         # Training the classifier seeds and draws random numbers; a cache hit does not. Forking the
         # generators keeps the training run the same either way.
