@@ -29,6 +29,10 @@ def test_a_multirun_reads_as_its_jobs_with_status_history_and_config(tiny_multir
     assert [r.status for r in runs] == ["finished", "diverged"]
     assert runs[0].swept == {"callbacks.fault_injection.nan_steps": "[]"}
     assert runs[0].config["trainer.max_steps"] == 24 and runs[0].choices["net"] == "mlp"
+    # an interpolated value shows what it took; a group, or a path only Hydra knows, as written
+    assert runs[0].config["model.schedule_steps"] == 24
+    assert runs[0].config["model.net"] == "${net}"
+    assert runs[0].config["paths.output_dir"] == "${hydra:runtime.output_dir}"
     steps, losses = runs[0].curve("train/loss")
     assert len(steps) == len(losses) >= 5 and steps == sorted(steps)
     assert runs[0].curve("val/loss")[0] and runs[0].checkpoint.endswith("last.ckpt")

@@ -15,11 +15,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from difftrain.runs.summary import SUMMARY_FILE
 
 HEALTH_KEYS = ("loss_spikes", "nonfinite_steps", "rollbacks", "final_grad_norm")
+
+
+def flat_config(config: DictConfig) -> dict[str, Any]:
+    """A run's config, flat. An interpolation of one value shows the value it took
+    (net.num_classes: 20, not ${model.clusters.k}); one of a whole group (model.net: ${net}), and
+    one only Hydra's runtime resolves (paths.output_dir), stays as written."""
+    flat = flatten(OmegaConf.to_container(config, resolve=False))
+    for key, value in flat.items():
+        if not (isinstance(value, str) and "${" in value):
+            continue
+        try:
+            resolved = OmegaConf.select(config, key, throw_on_resolution_failure=True)
+            if isinstance(resolved, ListConfig):  # lists are values here, as in flatten
+                resolved = OmegaConf.to_container(resolved, resolve=True)
+        except Exception:  # a resolver this process lacks (hydra:), or one that reads the disk
+            continue
+        if not isinstance(resolved, DictConfig):
+            flat[key] = resolved
+    return flat
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -101,7 +120,7 @@ def read_run_dir(path: Path) -> Run:
         path=str(path),
         name=summary.get("name") or path.name,
         status=_status(summary, health),
-        config=flatten(OmegaConf.to_container(config, resolve=False)),
+        config=flat_config(config),
         choices={k: v for k, v in hydra.runtime.choices.items() if not str(k).startswith("hydra")},
         swept=summary.get("swept", {}),
         metrics={
