@@ -151,3 +151,18 @@ def test_an_optuna_study_scores_diverged_trials_worst_until_too_many_fail(tmp_pa
     assert {json.loads((sweep / n / "summary.json").read_text())["status"] for n in "01"} == {
         "diverged"
     }
+
+
+def test_a_job_that_fails_is_recorded_and_scored_worst_and_the_sweep_goes_on(tmp_path):
+    """The first job's value is refused before it starts (a negative learning rate): it is
+    recorded as failed, with the check's message, and the next job still runs."""
+    sweep = tmp_path / "sweep"
+    result = run_module(
+        "difftrain.cli.train", "-m", *TINY_TOY, "logger=none", "optimizer.lr=-1,1e-3",
+        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )  # fmt: skip
+    assert "failed (ConfigError" in result.stdout + result.stderr
+    failed, finished = (json.loads((sweep / n / "summary.json").read_text()) for n in "01")
+    assert failed["status"] == "failed" and "optimizer.lr=-1" in failed["error"]
+    assert failed["swept"] == {"optimizer.lr": "-1"}
+    assert finished["status"] == "finished"

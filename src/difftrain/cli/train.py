@@ -11,6 +11,7 @@ the swept values, final metrics and the health summary; `difftrain-compare` read
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -23,13 +24,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftrain.config import CONFIG_DIR
 from difftrain.runs.preflight import (
+    ConfigError,
     check_checkpoint,
     check_values,
     check_writable,
     exit_on_bad_input,
     raise_problems,
 )
-from difftrain.runs.summary import RunRecord
+from difftrain.runs.summary import SUMMARY_FILE, RunRecord, write_summary
 from difftrain.runs.sweep import Job, current_job, failure_rate
 from difftrain.runtime import apply_runtime, cpu_bf16_warning, cpu_flags, warn_if_oversubscribed
 from difftrain.training.callbacks.guard import TrainingDiverged
@@ -93,9 +95,10 @@ def resume_from(ckpt_path: str | None, run_dir: Path) -> str | None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns `optimized_metric` for sweepers (Optuna).
 
-    In a multirun, a job that diverges (or ends with a non-finite metric) is recorded as such in
-    summary.json and W&B and returns the worst value, so the sweep goes on, until more than
-    `max_failure_rate` of the sweep's planned jobs have failed: then it raises and the sweep stops.
+    In a multirun, a job that diverges (or ends with a non-finite metric), or fails (a value its
+    parts refuse, out of memory, ...), is recorded as such in summary.json and W&B and returns the
+    worst value, so the sweep goes on, until more than `max_failure_rate` of the sweep's planned
+    jobs have failed: then it raises and the sweep stops.
     """
     job = current_job(cfg.task_name)
     try:
@@ -107,6 +110,21 @@ def main(cfg: DictConfig) -> float | None:
         if job.sweep_dir is None or failure_rate(job) > cfg.max_failure_rate:
             raise
         log.error("%s: diverged (%s); the sweep goes on, this job scores worst", job.name, e)
+        return job.worst
+    except Exception as e:
+        if job.sweep_dir is None:
+            raise
+        summary = Path(cfg.paths.output_dir) / SUMMARY_FILE
+        if not summary.exists() or json.loads(summary.read_text()).get("status") != "failed":
+            # it failed before its RunRecord began (a value the checks refuse): record it here
+            write_summary(cfg.paths.output_dir, status="failed", name=job.name, group=job.group,
+                          swept=job.swept, error=f"{type(e).__name__}: {e}")  # fmt: skip
+        if failure_rate(job) > cfg.max_failure_rate:
+            raise
+        log.error(
+            "%s: failed (%s: %s); the sweep goes on, this job scores worst",
+            job.name, type(e).__name__, e, exc_info=not isinstance(e, ConfigError),
+        )  # fmt: skip
         return job.worst
     if value is None:
         log.warning(
