@@ -17,6 +17,12 @@ RUN = [
     f"paths.cache_dir={CACHE}", "logger=none",
 ]  # fmt: skip
 DDP = ["trainer=ddp_cpu", "data.batch_size=8"]  # 2 x 8: a global batch of 16
+# Conditioned on clusters of the images, so that every process must fit the same clusters (a
+# process with other clusters would train another model) and draw its share of them
+CLUSTERED = [
+    "net.num_classes=4",
+    "model.clusters={_target_: difftrain.training.clusters.Clusters, k: 4, examples: 200}",
+]
 TOLERANCE = 1e-4  # largest weight difference allowed between 1 and 2 processes (fp32 reductions)
 
 
@@ -30,11 +36,13 @@ def summary(run: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def two_processes(tmp_path_factory) -> Path:
-    """A 2-process run of 8 steps (global batch 16), with W&B, evaluation and sample grids."""
+    """A 2-process run of 8 steps (global batch 16), with W&B, evaluation and sample grids,
+    conditioned on clusters."""
     run = tmp_path_factory.mktemp("ddp") / "run"
     run_module(
-        "difftrain.cli.train", *RUN, *DDP, "logger=wandb", f"hydra.run.dir={run}", cwd=run.parent
-    )
+        "difftrain.cli.train", *RUN, *CLUSTERED, *DDP, "logger=wandb", f"hydra.run.dir={run}",
+        cwd=run.parent,
+    )  # fmt: skip
     return run
 
 
@@ -43,10 +51,16 @@ def test_two_processes_agree_and_match_one_process_of_the_same_global_batch(
 ):
     one = tmp_path / "one"
     run_module(
-        "difftrain.cli.train", *RUN, "data.batch_size=16", f"hydra.run.dir={one}", cwd=tmp_path
-    )
+        "difftrain.cli.train", *RUN, *CLUSTERED, "data.batch_size=16", f"hydra.run.dir={one}",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert summary(two_processes)["health"]["ranks_differ_by"] == 0.0  # identical bits
     a, b = state(one), state(two_processes)
+    # The same clusters (to float rounding: one process has two threads, each of two has one),
+    # with the same examples in each, so the same shares
+    assert torch.equal(a["clusters.prior"], b["clusters.prior"])
+    for key in ("clusters.centroids", "clusters.basis"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     differences = {
         k: (a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point()
     }
@@ -88,8 +102,9 @@ def test_a_fault_on_one_process_makes_both_skip_and_roll_back_alike(tmp_path):
 def test_a_signal_stops_both_processes_at_one_step_and_they_resume_exactly(two_processes, tmp_path):
     run = tmp_path / "run"
     stopped = run_module(
-        "difftrain.cli.train", *RUN, *DDP, "debug=[fast,faults]", "trainer.limit_train_batches=null",
-        "callbacks.fault_injection.signal_step=2", "callbacks.fault_injection.ranks=[0]",
+        "difftrain.cli.train", *RUN, *CLUSTERED, *DDP, "debug=[fast,faults]",
+        "trainer.limit_train_batches=null", "callbacks.fault_injection.signal_step=2",
+        "callbacks.fault_injection.ranks=[0]",
         f"hydra.run.dir={run}", cwd=tmp_path, check=False,
     )  # fmt: skip
     assert stopped.returncode == 143
@@ -97,8 +112,9 @@ def test_a_signal_stops_both_processes_at_one_step_and_they_resume_exactly(two_p
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     assert "preempted" in (run / "train_rank1.log").read_text()  # it stopped at the same step
     run_module(
-        "difftrain.cli.train", *RUN, *DDP, "ckpt_path=last", f"hydra.run.dir={run}", cwd=tmp_path
-    )
+        "difftrain.cli.train", *RUN, *CLUSTERED, *DDP, "ckpt_path=last", f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )  # fmt: skip
     whole, resumed = state(two_processes), state(run)
     assert all(torch.equal(whole[k], resumed[k]) for k in whole), "the resumed run differs"
 

@@ -7,7 +7,6 @@ import json
 import signal
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.conftest import CACHE, FAST, run_module
@@ -24,20 +23,29 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
-def test_a_signal_saves_the_step_exits_143_and_resumes_exactly(tmp_path, signal_name):
-    run_module("difftrain.cli.train", *RUN, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
-    cut = tmp_path / "cut"
+def stop_at_step_4(run_dir: Path, signal_name: str) -> None:
+    """A run told to stop at step 4 saves step 5 (the step under way), says why, exits 143."""
     stopped = run_module(
-        "difftrain.cli.train", *RUN, f"hydra.run.dir={cut}", "callbacks.fault_injection.signal_step=4",
-        f"callbacks.fault_injection.signal_name={signal_name}", cwd=tmp_path, check=False,
+        "difftrain.cli.train", *RUN, f"hydra.run.dir={run_dir}", "callbacks.fault_injection.signal_step=4",
+        f"callbacks.fault_injection.signal_name={signal_name}", cwd=run_dir.parent, check=False,
     )  # fmt: skip
     assert stopped.returncode == 143, stopped.stderr[-2000:]
-    summary = json.loads((cut / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "preempted" and summary["steps"] == 5  # step 4 finished
     assert f"preempted by {signal_name} at step 5" in summary["error"]
-    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
 
+
+def test_sigterm_saves_the_step_and_exits_143(tmp_path):
+    stop_at_step_4(tmp_path / "cut", "SIGTERM")  # what every cluster sends before preemption
+
+
+def test_a_run_stopped_by_sigusr1_resumes_exactly(tmp_path):
+    """SLURM's --signal=USR1 stops the run like SIGTERM; resumed (whatever stopped it), it ends
+    bit for bit where an uninterrupted run ends."""
+    run_module("difftrain.cli.train", *RUN, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
+    cut = tmp_path / "cut"
+    stop_at_step_4(cut, "SIGUSR1")
     resumed = run_module(
         "difftrain.cli.train", *RUN, f"hydra.run.dir={cut}", "ckpt_path=last", cwd=tmp_path
     )
