@@ -32,6 +32,22 @@ def test_eval_a_checkpoint_writes_eval_json(tiny_checkpoint, tmp_path):
     assert report["sampling_images_per_sec"] > 0 and report["feature_images_per_sec"] > 0
     assert "classifier_test_accuracy" in report and '"fid"' in result.stdout
     assert report["extractor"].startswith("classifier-") and report["reference"].endswith("-train")
+    # the run scored itself against 200 reference images (KID subsets of 40): said, with the fix
+    assert "evaluator.max_reference=200 evaluator.kid_subset_size=40" in result.stdout
+
+
+def test_eval_says_nothing_of_settings_the_run_shares(tiny_checkpoint):
+    from omegaconf import OmegaConf
+
+    from difftrain.cli.eval import differs_from_run
+    from difftrain.runs.pretrained import load_trained
+
+    run = load_trained(tiny_checkpoint).config
+    assert differs_from_run(run.evaluator, run) == []
+    other = OmegaConf.merge(run.evaluator, {"split": "val"})
+    assert differs_from_run(other, run) == [("split", "val", "train")]
+    OmegaConf.update(run, "callbacks.evaluate", None)  # a run that did not evaluate itself
+    assert differs_from_run(other, run) == []
 
 
 def test_eval_a_sample_file_against_a_dataset(tmp_path):

@@ -62,6 +62,23 @@ def _load_samples(path: str, n: int | None) -> torch.Tensor:
     return images[:n].permute(0, 3, 1, 2)
 
 
+# What the scores depend on besides the samples: the extractor and the reference set.
+SCORE_KEYS = ("feature", "classifier_images", "split", "max_reference", "kid_subset_size")
+
+
+def differs_from_run(evaluator: DictConfig, run: DictConfig) -> list[tuple[str, object, object]]:
+    """(key, here, in the run) for each evaluator setting that makes these scores differ from the
+    run's in-training ones (its `callbacks.evaluate`); none when the run did not evaluate."""
+    theirs = run.get("evaluator") if OmegaConf.select(run, "callbacks.evaluate") else None
+    if theirs is None:
+        return []
+    return [
+        (key, evaluator.get(key), theirs.get(key))
+        for key in SCORE_KEYS
+        if key in theirs and evaluator.get(key) != theirs.get(key)
+    ]
+
+
 def evaluate(cfg: DictConfig) -> dict:
     """Generate (or load) samples, score them, write eval.json and return the results."""
     if (cfg.ckpt is None) == (cfg.samples is None):
@@ -83,6 +100,13 @@ def evaluate(cfg: DictConfig) -> dict:
         with open_dict(cfg):  # the reference data is the checkpoint's training data
             cfg.data = model.config.data
 
+    if model is not None and (differ := differs_from_run(cfg.evaluator, model.config)):
+        log.warning(
+            "the run evaluated itself in training with other settings (%s), so its eval/* metrics "
+            "do not compare with these; to score it as it did, add: %s",
+            ", ".join(f"{key} {ours!r} here" for key, ours, _ in differ),
+            " ".join(f"evaluator.{key}={theirs}" for key, _, theirs in differ),
+        )
     # The extractor and the reference first: a missing weight file fails before any sampling.
     evaluator = instantiate(cfg.evaluator)
     evaluator.setup(device)
