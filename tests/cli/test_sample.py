@@ -199,7 +199,8 @@ def test_out_must_name_what_the_format_writes(tiny_checkpoint, tmp_path):
 
     assert problems(out="a/s.npz", format="npz") == problems(out="a/dir", format="png") == []
     assert "Fix: out=s.npz" in problems(out="s.png", format="npz")[0]
-    assert "Fix: out=s (the folder" in problems(out="s.png", format="png")[0]
+    assert "Fix: out=s, a folder" in problems(out="s.png", format="png")[0]
+    assert "Fix: out=samples, a folder" in problems(out="samples.npz", format="png")[0]  # default
     assert "must be npz or png" in problems(out="s.npz", format="jpg")[0]
     result = run_module(
         "difftrain.cli.sample", f"ckpt={tiny_checkpoint}", "guidance=2", "n=2",

@@ -121,10 +121,10 @@ def output_problems(cfg: DictConfig) -> list[str]:
             f"out={cfg.out}: format=npz writes an .npz archive (its grid beside it as a .png). "
             f"Fix: out={out.with_suffix('.npz')}, or format=png for a folder of PNGs"
         ]
-    if cfg.format == "png" and out.suffix == ".png":
+    if cfg.format == "png" and out.suffix in (".png", ".npz"):
         return [
-            f"out={cfg.out}: format=png writes a folder of PNGs, and its grid would take the same "
-            f"name. Fix: out={out.with_suffix('')} (the folder; the grid goes to {out})"
+            f"out={cfg.out}: format=png writes a folder of PNGs (and its grid beside it as "
+            f"{out.with_suffix('.png')}). Fix: out={out.with_suffix('')}, a folder's name"
         ]
     if cfg.format not in ("npz", "png"):
         return [f"format={cfg.format!r}: must be npz or png"]
