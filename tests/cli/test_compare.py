@@ -54,17 +54,12 @@ def test_compare_mixes_run_dirs_and_wandb_runs(tiny_multirun, tmp_path):
     (offline,) = (tiny_multirun / "0" / "wandb").glob("offline-run-*")
     runs = load_runs(tiny_multirun / "1", offline)
     assert [r.status for r in runs] == ["diverged", "finished"]
-    main(
-        [
-            str(tiny_multirun / "1"),
-            str(offline),
-            "--out",
-            str(tmp_path),
-            "--metric",
-            "eval/hq_share",
-        ]
-    )
+    # out= and metric=, as the other difftrain commands take their options, work too
+    main([str(tiny_multirun / "1"), str(offline), f"out={tmp_path}", "metric=eval/hq_share"])
     assert "Best by eval/hq_share" in (tmp_path / "index.html").read_text()
+    with pytest.raises(SystemExit) as exit_:  # a path that is no run: a message, no traceback
+        main([str(tmp_path / "nope")])
+    assert exit_.value.code == 2
 
 
 def evaluated(name: str, fid: float, extractor: str) -> Run:

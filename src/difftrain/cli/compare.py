@@ -17,6 +17,7 @@ import html
 import json
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
@@ -332,13 +333,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", help="rank by this metric (default: eval/fid, else val/loss)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from the W&B API")
     parser.add_argument("--group", help="with --wandb: only this W&B group (a sweep)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_options_as_flags(sys.argv[1:] if argv is None else argv))
     if bool(args.paths) == bool(args.wandb):
         parser.error("give run paths, or --wandb ENTITY/PROJECT (with --group), not both")
-    runs = read_wandb_api(args.wandb, args.group) if args.wandb else load_runs(*args.paths)
+    try:
+        runs = read_wandb_api(args.wandb, args.group) if args.wandb else load_runs(*args.paths)
+    except (FileNotFoundError, ValueError) as e:  # a path that is not a run: say so, no traceback
+        parser.error(str(e))
     default_out = Path(args.paths[0]) / "compare" if len(args.paths) == 1 else Path("compare")
     page = compare(runs, Path(args.out) if args.out else default_out, args.metric, _title(args))
     print(f"{len(runs)} runs compared: {page}")
+
+
+def _options_as_flags(argv: Sequence[str]) -> list[str]:
+    """out=DIR (and metric=, wandb=, group=), as the other difftrain commands take their options,
+    mean --out DIR; an existing path with an = in its name stays a path."""
+    flags = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key in ("out", "metric", "wandb", "group") and not Path(arg).exists():
+            flags += [f"--{key}", value]
+        else:
+            flags.append(arg)
+    return flags
 
 
 def _title(args: argparse.Namespace) -> str:
