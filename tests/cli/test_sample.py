@@ -85,9 +85,14 @@ def test_checkpoint_restores_the_ema_weights_and_training_sampler(tiny_checkpoin
 def test_missing_or_foreign_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_trained(tmp_path / "nope.ckpt")
+    from difftrain.runs.preflight import ConfigError  # what the commands print without a traceback
+
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match="not a difftrain checkpoint"):
+    with pytest.raises(ConfigError, match="not a difftrain checkpoint"):
         load_trained(tmp_path / "other.ckpt")
+    (tmp_path / "cut.ckpt").write_bytes(b"PK\x03\x04 half a zip archive")
+    with pytest.raises(ConfigError, match="cannot be read .* cut short"):
+        load_trained(tmp_path / "cut.ckpt")
 
 
 def test_ensemble_averages_denoisers_and_rejects_other_architectures(

@@ -109,3 +109,8 @@ def test_the_last_step_is_snapshotted_and_earlier_steps_reconstruct(make_cfg):
 def test_cli_without_snapshots_says_how_to_record_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="callbacks=phema"):
         phema(tmp_path, [0.1])
+    # from the command line: the message alone, no traceback; values that are not numbers too
+    with pytest.raises(SystemExit, match="Error: no post-hoc EMA snapshots .* callbacks=phema"):
+        phema_main([f"run_dir={tmp_path}", "sigma_rel=0.1"])
+    with pytest.raises(SystemExit, match="sigma_rel= takes numbers"):
+        phema_main([f"run_dir={tmp_path}", "sigma_rel=abc"])

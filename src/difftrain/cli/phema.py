@@ -76,13 +76,25 @@ def main(argv: list[str] | None = None) -> None:
     args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
     if "run_dir" not in args or "sigma_rel" not in args:
         raise SystemExit(USAGE)
-    sigma_rels = [float(s) for s in args["sigma_rel"].strip("[]").split(",")]
-    if "step" in args and "at" in args:
+    try:
+        sigma_rels = [float(s) for s in args["sigma_rel"].strip("[]").split(",")]
+        step = int(args["step"]) if "step" in args else None
+        at = float(args["at"]) if "at" in args else None
+    except ValueError:
+        raise SystemExit(
+            "sigma_rel= takes numbers (0.05,0.1), step= a whole number, at= a fraction. " + USAGE
+        ) from None
+    if step is not None and at is not None:
         raise SystemExit(f"step= and at= both choose the step; give one. {USAGE}")
-    at = float(args["at"]) if "at" in args else None
     if at is not None and not 0 < at <= 1:
         raise SystemExit(f"at={args['at']}: must be a fraction of the run in (0, 1]. {USAGE}")
-    phema(args["run_dir"], sigma_rels, int(args["step"]) if "step" in args else None, at)
+    try:
+        phema(args["run_dir"], sigma_rels, step, at)
+    except (
+        FileNotFoundError,
+        ValueError,
+    ) as e:  # a run or value it cannot use: say so, no traceback
+        raise SystemExit(f"Error: {e}") from None
 
 
 if __name__ == "__main__":

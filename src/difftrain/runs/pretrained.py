@@ -16,6 +16,7 @@ from difftrain.data.transforms import to_uint8
 from difftrain.diffusion.denoiser import Denoiser, Ensemble
 from difftrain.diffusion.generate import Diffusion
 from difftrain.diffusion.samplers import Sampler
+from difftrain.runs.preflight import ConfigError
 
 EMA_PREFIX = "ema.module."
 
@@ -64,12 +65,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it may have been cut "
             "short while being written: use another checkpoint of the run (best.ckpt, phema-*)"
         ) from e
     if "config" not in ckpt.get("hyper_parameters", {}):
-        raise ValueError(
+        raise ConfigError(
             f"{path} is not a difftrain checkpoint (no config in its hyper_parameters)"
         )
     return ckpt
