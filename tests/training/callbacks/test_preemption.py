@@ -7,6 +7,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import CACHE, FAST, run_module
@@ -24,20 +25,23 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def stop_at_step_4(run_dir: Path, signal_name: str) -> None:
-    """A run told to stop at step 4 saves step 5 (the step under way), says why, exits 143."""
+    """A run told to stop at step 4 saves step 5 (the step under way), says why, and exits 143
+    (130 for Ctrl-C, which no scheduler should requeue)."""
     stopped = run_module(
         "difftrain.cli.train", *RUN, f"hydra.run.dir={run_dir}", "callbacks.fault_injection.signal_step=4",
         f"callbacks.fault_injection.signal_name={signal_name}", cwd=run_dir.parent, check=False,
     )  # fmt: skip
-    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert stopped.returncode == (130 if signal_name == "SIGINT" else 143), stopped.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "preempted" and summary["steps"] == 5  # step 4 finished
-    assert f"preempted by {signal_name} at step 5" in summary["error"]
+    how = "stopped by Ctrl-C (SIGINT)" if signal_name == "SIGINT" else f"preempted by {signal_name}"
+    assert f"{how} at step 5" in summary["error"]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5
 
 
-def test_sigterm_saves_the_step_and_exits_143(tmp_path):
-    stop_at_step_4(tmp_path / "cut", "SIGTERM")  # what every cluster sends before preemption
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])  # every cluster's, and Ctrl-C
+def test_a_signal_saves_the_step_and_exits(tmp_path, signal_name):
+    stop_at_step_4(tmp_path / "cut", signal_name)
 
 
 def test_a_run_stopped_by_sigusr1_resumes_exactly(tmp_path):

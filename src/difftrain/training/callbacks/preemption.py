@@ -13,8 +13,9 @@ import lightning as L
 import torch
 
 log = logging.getLogger(__name__)
-SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")  # SLURM, Kubernetes, spot instances, submitit
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")  # schedulers, spot instances; Ctrl-C
 EXIT_CODE = 143  # 128 + SIGTERM: what schedulers expect of a job that was preempted
+INTERRUPTED = 130  # 128 + SIGINT: a run stopped with Ctrl-C (nothing should requeue it)
 
 
 class Preempted(SystemExit):
@@ -22,8 +23,8 @@ class Preempted(SystemExit):
 
     run_status = "preempted"  # what summary.json calls a run that ends this way
 
-    def __init__(self, message: str):
-        super().__init__(EXIT_CODE)
+    def __init__(self, message: str, code: int = EXIT_CODE):
+        super().__init__(code)
         self.message = message
 
     def __str__(self) -> str:
@@ -33,7 +34,8 @@ class Preempted(SystemExit):
 class Preemption(L.Callback):
     """On SIGTERM, SIGUSR1 or SIGUSR2 the current step (or validation) finishes, a checkpoint
     with the exact-resume state is written to `dirpath/last.ckpt`, and the run stops with
-    `Preempted`: summary.json says `preempted` and the process exits with 143.
+    `Preempted`: summary.json says `preempted` and the process exits with 143. Ctrl-C (SIGINT)
+    does the same and exits with 130; a second Ctrl-C stops at once, as it would without us.
 
     A handler that was there before (submitit's requeue, Lightning's SLURM requeue) is called
     once the checkpoint is written. `ckpt_path=last` resumes from it. Under DDP the processes
@@ -56,8 +58,17 @@ class Preemption(L.Callback):
                 self._previous[signum] = signal.signal(signum, self._note)
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
-        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
         self.received = signum
+        if signum != signal.SIGINT:
+            log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+            return
+        log.warning(
+            "Ctrl-C: stopping after this step and saving last.ckpt; press Ctrl-C again to stop at "
+            "once, losing the steps since the last checkpoint"
+        )
+        previous = self._previous.pop(signum, None)
+        if previous is not None:  # the next Ctrl-C goes where it went before (KeyboardInterrupt)
+            signal.signal(signum, previous)
 
     def _stop_if_asked(self, trainer: L.Trainer) -> None:
         received = self.received is not None
@@ -71,11 +82,13 @@ class Preemption(L.Callback):
         name = signal.Signals(self.received or signal.SIGTERM).name
         previous = self._previous.get(self.received)
         self._restore()
-        if name != "SIGTERM" and callable(previous):
+        if name not in ("SIGTERM", "SIGINT") and callable(previous):
             previous(self.received, None)  # a scheduler's own requeue (submitit, Lightning's SLURM)
+        how = "stopped by Ctrl-C (SIGINT)" if name == "SIGINT" else f"preempted by {name}"
         raise Preempted(
-            f"preempted by {name} at step {trainer.global_step}: saved {path}; resume with "
-            f"ckpt_path={path} (or ckpt_path=last in the same run dir)"
+            f"{how} at step {trainer.global_step}: saved {path}; resume with "
+            f"ckpt_path={path} (or ckpt_path=last in the same run dir)",
+            INTERRUPTED if name == "SIGINT" else EXIT_CODE,
         )
 
     def on_train_batch_end(
