@@ -90,11 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"at={args['at']}: must be a fraction of the run in (0, 1]. {USAGE}")
     try:
         phema(args["run_dir"], sigma_rels, step, at)
-    except (
-        FileNotFoundError,
-        ValueError,
-    ) as e:  # a run or value it cannot use: say so, no traceback
-        raise SystemExit(f"Error: {e}") from None
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"Error: {e}") from None  # a run or value it cannot use: no traceback
 
 
 if __name__ == "__main__":
