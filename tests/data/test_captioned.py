@@ -72,3 +72,11 @@ def test_the_vocabulary_covers_every_caption():
     vocab = set(caption_vocab())
     assert {"seven", "dark", "blue", "background", "top", "left", "small"} <= vocab
     assert len(ATTRIBUTES) == 5
+
+
+def test_without_mnist_under_root_the_glyphs_are_scikit_learns_digits(tmp_path, caplog):
+    from difftrain.data.captioned import _glyphs
+
+    images, labels = _glyphs("train", str(tmp_path / "no_mnist_here"))
+    assert images.shape[1:] == (1, 16, 16) and len(images) == len(labels) > 1000
+    assert "uses scikit-learn's digits" in caplog.text

@@ -14,11 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -56,24 +59,37 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric, start_step) as record:
         latent = {}
         if cfg.get("autoencoder") is not None:  # one frozen copy: the data encodes, samples decode
-            autoencoder = instantiate(cfg.autoencoder)
+            autoencoder = build(cfg.autoencoder)
             latent = {"autoencoder": autoencoder}
             cache = Path(cfg.paths.cache_dir, "latents")
-            datamodule = instantiate(cfg.data, autoencoder=autoencoder, latent_cache=cache)
+            datamodule = build(cfg.data, autoencoder=autoencoder, latent_cache=cache)
         else:
-            datamodule = instantiate(cfg.data)
-        model = instantiate(cfg.model, **latent)
+            datamodule = build(cfg.data)
+        model = build(cfg.model, **latent)
         model.save_hyperparameters({"config": config}, logger=False)  # rebuilds it from a ckpt
-        loggers = [instantiate(c) for c in cfg.logger.values()]
-        callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]  # null: off
+        loggers = [build(c) for c in cfg.logger.values()]
+        callbacks = [build(c) for c in cfg.callbacks.values() if c is not None]  # null: off
         budget = {"max_steps": -1} if cfg.trainer.get("max_time") else {}  # time, not steps
-        trainer: L.Trainer = instantiate(
+        trainer: L.Trainer = build(
             cfg.trainer, logger=loggers or False, callbacks=callbacks, **budget
         )
         for logger in loggers:
             logger.log_hyperparams(config)
         record.fit(trainer, model, datamodule, ckpt_path)
     return record.metrics
+
+
+def build(config: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(config); a value that one of the parts refuses (its ValueError, such as widths
+    that norm_groups does not divide) becomes a ConfigError naming the key, printed without a
+    traceback. Other errors (bugs) keep theirs."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as e:
+        if not isinstance(e.__cause__, ValueError):
+            raise
+        key = re.search(r"full_key: (\S+)", str(e))
+        raise ConfigError(f"{key.group(1) if key else 'a part'}: {e.__cause__}") from e
 
 
 def resume_from(ckpt_path: str | None, run_dir: Path) -> str | None:

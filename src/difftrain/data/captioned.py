@@ -28,6 +28,7 @@ from difftrain.data.datasets import (
     digits,
     scan_image_folder,
 )
+from difftrain.runs.preflight import ConfigError
 from difftrain.text.tokenizer import WordTokenizer, build_vocab
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def _glyphs(split: str, root: str | None) -> tuple[Tensor, Tensor]:
 
             ds = mnist(split, root, image_size=28)
             return ds.images, ds.labels
-        except FileNotFoundError:
+        except ConfigError:  # not found or incomplete there
             log.warning("MNIST is not under %s: captioned_digits uses scikit-learn's digits", root)
     ds = digits(split, image_size=16)
     return ds.images, ds.labels

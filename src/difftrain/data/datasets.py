@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
+from difftrain.runs.preflight import ConfigError
+
 SPLITS = ("train", "val")
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def _torchvision(cls: type, name: str, split: str, root: str, download: bool) ->
         return cls(root=root, train=split == "train", download=download)
     except RuntimeError as e:
         where = Path(root).resolve() / name
-        raise FileNotFoundError(
+        raise ConfigError(
             f"{name} not found or incomplete under {where} ({e}). Fix: set data.dataset.root to the "
             f"folder that holds {name}/ (e.g. data.dataset.root=../shared/data), or download it with "
             f"data.dataset.download=true"
