@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pickle
+import shutil
 import string
 import struct
 import subprocess
@@ -43,6 +45,7 @@ FAULTS = "debug=[fast,faults]"
 # would (rightly) refuse its features. Runs on such data switch the floor off.
 RANDOM_LABELS = "evaluator.min_accuracy=0"
 CACHE = Path(tempfile.mkdtemp(prefix="difftrain-test-cache-"))  # classifiers and reference features
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)  # each session's own: not left behind
 
 
 def compose_cfg(tmp_path: Path, *overrides: str, config_name: str = "train") -> DictConfig:
