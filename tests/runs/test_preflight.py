@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from difftrain.cli.train import train
-from difftrain.runs.preflight import ConfigError, check_checkpoint, check_values, check_writable
+from difftrain.runs.preflight import (
+    ConfigError,
+    changed_settings,
+    check_checkpoint,
+    check_values,
+    check_writable,
+)
 from tests.conftest import FAST, run_module
 
 
@@ -50,14 +56,14 @@ def test_checkpoint_problems_name_the_file_and_the_fix(make_cfg, tiny_checkpoint
     assert "missing.ckpt: no such file" in problems[0]
 
     other = make_cfg(*FAST, "net.channels=16")  # the tiny checkpoint has net.channels=8
-    problems, step = check_checkpoint(str(tiny_checkpoint), other)
+    problems, saved = check_checkpoint(str(tiny_checkpoint), other)
     assert (
         problems
         == [
             f"ckpt_path={tiny_checkpoint} holds another architecture: "
             "checkpoint net.channels=8, config net.channels=16"
         ]
-        and step == 4
+        and saved.step == 4
     )
 
     folder = tmp_path / "checkpoints"
@@ -68,6 +74,23 @@ def test_checkpoint_problems_name_the_file_and_the_fix(make_cfg, tiny_checkpoint
     (problem,), _ = check_checkpoint(str(damaged), make_cfg(*FAST))
     assert f"ckpt_path={damaged}: the file is damaged" in problem
     assert f"The previous checkpoint there is {folder / 'best.ckpt'}" in problem
+
+
+def test_changed_settings_name_each_setting_once_where_it_is_set(make_cfg):
+    from omegaconf import OmegaConf
+
+    trained = make_cfg(*FAST)
+    saved = OmegaConf.to_container(trained, resolve=True)
+    assert changed_settings(saved, make_cfg(*FAST)) == {}
+    resumed = make_cfg(*FAST, "optimizer.lr=0.01", "~callbacks.evaluate", "trainer.max_steps=9",
+                       "model.clusters={_target_: difftrain.training.clusters.Clusters, k: 4}")  # fmt: skip
+    resumed.paths.output_dir = "/elsewhere"
+    assert changed_settings(saved, resumed) == {
+        "optimizer.lr": (0.001, 0.01),  # not model.optimizer.lr, its interpolated copy
+        "trainer.max_steps": (4, 9),  # not model.schedule_steps
+        "callbacks.evaluate": ("{...}", "(not set)"),  # the part, not each of its settings
+        "model.clusters": (None, "{...}"),
+    }
 
 
 def test_train_refuses_before_it_writes_a_summary(make_cfg, tmp_path):

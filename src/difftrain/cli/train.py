@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from difftrain.config import CONFIG_DIR
 from difftrain.runs.preflight import (
     ConfigError,
+    changed_settings,
     check_checkpoint,
     check_values,
     check_writable,
@@ -47,8 +48,14 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     """Check, build every part from `cfg`, fit, and return the final metrics (RunRecord reports)."""
     ckpt_path = resume_from(cfg.ckpt_path, Path(cfg.paths.output_dir))
     outputs = {"paths.output_dir": cfg.paths.output_dir, "paths.cache_dir": cfg.paths.cache_dir}
-    checkpoint_problems, start_step = check_checkpoint(ckpt_path, cfg)
+    checkpoint_problems, saved = check_checkpoint(ckpt_path, cfg)
     raise_problems(check_values(cfg) + check_writable(**outputs) + checkpoint_problems)
+    resumed = None
+    if ckpt_path is not None:
+        changes = changed_settings(saved.config, cfg)
+        resumed = {"from": ckpt_path, "step": saved.step, "changed": changes}
+        if changes:
+            log.warning("%s", resume_note(ckpt_path, saved.step, changes))
     apply_runtime(cfg.seed, cfg.num_threads, cfg.float32_matmul_precision)
     if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available():
         warn_if_oversubscribed()
@@ -56,7 +63,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
             log.warning(message)
     config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     job = job or current_job(cfg.task_name)
-    with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric, start_step) as record:
+    with RunRecord(cfg.paths.output_dir, job, cfg.optimized_metric, resumed) as record:
         latent = {}
         if cfg.get("autoencoder") is not None:  # one frozen copy: the data encodes, samples decode
             autoencoder = build(cfg.autoencoder)
@@ -90,6 +97,19 @@ def build(config: DictConfig, **kwargs: Any) -> Any:
             raise
         key = re.search(r"full_key: (\S+)", str(e))
         raise ConfigError(f"{key.group(1) if key else 'a part'}: {e.__cause__}") from e
+
+
+def resume_note(ckpt_path: str, step: int, changes: dict[str, tuple[Any, Any]]) -> str:
+    """The warning that lists how a resumed run's settings differ from its checkpoint's."""
+    lines = [
+        f"resuming {ckpt_path} (step {step}) with {len(changes)} setting(s) other than it was "
+        f"trained with; each takes effect from step {step} on:"
+    ]
+    for key, (theirs, ours) in changes.items():
+        kept = key.startswith("model.clusters")  # fitted once: the checkpoint carries them
+        note = "  (not applied: the checkpoint's fitted clusters are kept)" if kept else ""
+        lines.append(f"  {key}: {theirs} -> {ours}{note}")
+    return "\n".join(lines)
 
 
 def resume_from(ckpt_path: str | None, run_dir: Path) -> str | None:

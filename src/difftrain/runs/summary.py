@@ -67,10 +67,12 @@ class RunRecord:
         run_dir: str | Path,
         job: Any,
         optimized_metric: str | None = None,
-        start_step: int = 0,
+        resumed: dict[str, Any] | None = None,
     ):
         self.run_dir, self.job, self.optimized_metric = Path(run_dir), job, optimized_metric
-        self.start_step = start_step  # a resumed run starts where its checkpoint was saved
+        # a resumed run: the checkpoint, its step (where this run starts) and the changed settings
+        self.resumed = resumed
+        self.start_step = resumed["step"] if resumed else 0
         self.trainer: Any = None
         self.metrics: dict[str, float] = {}
         self.summary: dict[str, Any] = {}
@@ -82,7 +84,7 @@ class RunRecord:
             write_summary(
                 self.run_dir, status="running", name=self.job.name, group=self.job.group,
                 swept=self.job.swept, host=socket.gethostname(), pid=os.getpid(),
-                threads=torch.get_num_threads(),
+                threads=torch.get_num_threads(), resumed=self.resumed,
             )  # fmt: skip
         return self
 

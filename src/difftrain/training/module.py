@@ -31,7 +31,7 @@ from difftrain.training.clusters import Clusters
 from difftrain.training.distributed import is_sharded
 from difftrain.training.ema import EMA
 from difftrain.training.health import bucket_names
-from difftrain.training.optim import parameter_groups, skip_update
+from difftrain.training.optim import RETUNED_ON_RESUME, parameter_groups, retune, skip_update
 from difftrain.training.report import StepReport, logs_this_step
 
 log = logging.getLogger(__name__)
@@ -340,6 +340,19 @@ class DiffusionModule(L.LightningModule):
     def check_resolution(self, size: int) -> None:
         """Fail, saying why, when the net cannot train on images of this size (a curriculum's)."""
         self.denoiser.net.check_image_size(size)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resumed with other optimizer or LR-schedule settings than the checkpoint was trained
+        with (`ckpt_path=... optimizer.lr=...`): they take effect from the resumed step on."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+        config = self.hparams.get("config") or {}
+        if not config or all(saved.get(k) == config.get(k) for k in RETUNED_ON_RESUME):
+            return  # the same settings: the states resume as saved (exactly)
+        built = self.configure_optimizers()
+        same_kind = saved.get("optimizer", {}).get("_target_") == config["optimizer"]["_target_"]
+        scheduler = built.get("lr_scheduler", {}).get("scheduler")
+        changes = retune(checkpoint, built["optimizer"], scheduler, keep_moments=same_kind)
+        log.info("the optimizer resumes with the config's settings: %s", ", ".join(changes))
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(parameter_groups(self.denoiser))

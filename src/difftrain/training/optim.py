@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from difftrain.training.budget import go_to_step
+
+# The config groups whose settings a resumed run takes from its config, not from the checkpoint.
+RETUNED_ON_RESUME = ("optimizer", "lr_scheduler")
 
 
 def warmup_cosine(
@@ -61,3 +67,35 @@ def skip_update(optimizer: Optimizer, skip: Tensor) -> None:
         optimizer.step()
     else:
         optimizer.zero_grad(set_to_none=True)
+
+
+def retune(
+    checkpoint: dict[str, Any],
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    keep_moments: bool = True,
+) -> list[str]:
+    """Rewrite a checkpoint's optimizer and LR-schedule states so that they resume with the
+    settings of `optimizer` and `scheduler` (freshly built from the config) at the checkpoint's
+    schedule step; the per-parameter moments are kept unless `keep_moments` is false (another
+    kind of optimizer). Returns what changed, as "lr 0.001 -> 0.01"."""
+    schedules = checkpoint.get("lr_schedulers") or []
+    step = schedules[0]["last_epoch"] if schedules else int(checkpoint.get("global_step", 0))
+    if scheduler is not None:
+        go_to_step(scheduler, step)  # the new schedule's rates at the step the run resumes at
+    (saved,) = checkpoint["optimizer_states"]
+    fresh = optimizer.state_dict()
+    changes: list[str] = []
+    for old, new in zip(saved["param_groups"], fresh["param_groups"], strict=True):
+        for key in sorted((set(old) | set(new)) - {"params"}):
+            change = f"{key} {old.get(key)} -> {new.get(key)}"
+            if old.get(key) != new.get(key) and change not in changes:
+                changes.append(change)
+        params = old["params"]  # the checkpoint's parameter ids, which its moments are keyed by
+        old.clear()
+        old.update(new, params=params)
+    if not keep_moments:
+        saved["state"] = {}
+        changes.append("moments reset (another optimizer)")
+    checkpoint["lr_schedulers"] = [] if scheduler is None else [scheduler.state_dict()]
+    return changes
