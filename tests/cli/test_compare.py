@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 
@@ -78,3 +79,23 @@ def test_eval_metrics_of_different_extractors_are_not_ranked_together(tmp_path):
         choose_metric(mixed, "eval/fid")
     page = compare(mixed, tmp_path).read_text()
     assert "different evaluation setups" in page and "classifier-2" in page  # marked per run
+
+
+def test_a_run_with_a_cut_short_summary_is_left_out_with_a_warning(tiny_multirun, tmp_path, capsys):
+    sweep = shutil.copytree(
+        tiny_multirun, tmp_path / "sweep", ignore=shutil.ignore_patterns("compare")
+    )
+    cut = sweep / "1" / "summary.json"
+    cut.write_text(cut.read_text()[:200])  # the job was killed while it wrote summary.json
+    main([str(sweep), "--out", str(tmp_path / "cmp")])
+    warning = capsys.readouterr().err
+    assert f"warning: {cut} cannot be read (JSONDecodeError: " in warning
+    assert f"leaving the run {sweep / '1'} out" in warning
+    assert [r["run"] for r in csv.DictReader((tmp_path / "cmp" / "runs.csv").open())] == ["0"]
+    other = sweep / "0" / "summary.json"
+    other.write_text("")
+    with pytest.raises(SystemExit) as exit_:  # none left: an error naming them, no traceback
+        main([str(sweep), "--out", str(tmp_path / "cmp")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert "no run could be read" in error and str(cut) in error and str(other) in error

@@ -107,3 +107,19 @@ def test_bad_settings_fail_clearly():
         Evaluator(datasets, num_classes=10, feature="clip")
     with pytest.raises(ValueError, match="labelled dataset"):
         Evaluator(datasets, num_classes=0).setup()
+
+
+def test_a_small_datasets_classifier_trains_for_capped_epochs_and_says_so(tmp_path, caplog):
+    import json
+    import logging
+
+    caplog.set_level(logging.INFO)
+    datasets = partial(ds.digits, image_size=16)  # 1617 training images: 62 epochs of 100k
+    evaluator = Evaluator(datasets, num_classes=10, cache_dir=str(tmp_path), min_accuracy=0,
+                          classifier_images=100_000, classifier_max_epochs=2)  # fmt: skip
+    evaluator.setup()
+    (record,) = (tmp_path / "classifiers").glob("*.json")
+    assert json.loads(record.read_text())["epochs"] == 2
+    assert "would be 62 epochs of these 1617 images: capped at" in caplog.text
+    assert "training the evaluation classifier on 1617 images for 2 epochs" in caplog.text
+    assert "computing the reference features of" in caplog.text

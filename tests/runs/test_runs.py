@@ -20,6 +20,29 @@ def test_write_summary_updates_and_drops_non_finite_numbers(tmp_path):
     }  # fmt: skip
 
 
+def test_a_summary_write_killed_midway_leaves_the_previous_summary(tmp_path, monkeypatch):
+    write_summary(tmp_path, status="running", name="a")
+
+    def dies_midway(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise KeyboardInterrupt  # the kill arrives during the write
+
+    monkeypatch.setattr(Path, "write_text", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        write_summary(tmp_path, status="finished", metrics={"val/loss": 0.5})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "running", "name": "a"}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
+
+
+def test_a_cut_short_summary_is_written_afresh_with_a_warning(tmp_path, caplog):
+    (tmp_path / "summary.json").write_text('{"status": "running", "na')  # an older difftrain
+    write_summary(tmp_path, status="failed")
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "failed"}
+    assert f"{tmp_path / 'summary.json'} cannot be read (JSONDecodeError" in caplog.text
+
+
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None}) == {"a.b": 1, "a.c": [1, 2], "d": None}
 

@@ -337,7 +337,10 @@ def main(argv: list[str] | None = None) -> None:
     if bool(args.paths) == bool(args.wandb):
         parser.error("give run paths, or --wandb ENTITY/PROJECT (with --group), not both")
     try:
-        runs = read_wandb_api(args.wandb, args.group) if args.wandb else load_runs(*args.paths)
+        if args.wandb:
+            runs = read_wandb_api(args.wandb, args.group)
+        else:  # a run whose summary.json is cut short is left out, with a warning
+            runs = load_runs(*args.paths, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     except (FileNotFoundError, ValueError) as e:  # a path that is not a run: say so, no traceback
         parser.error(str(e))
     default_out = Path(args.paths[0]) / "compare" if len(args.paths) == 1 else Path("compare")

@@ -7,7 +7,8 @@ difftrain-sample ckpt=... sampler=ddim sampler.steps=20 seed=1
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import signal
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import hydra
@@ -17,9 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difftrain.config import CONFIG_DIR
-from difftrain.data.images import save_grid, save_npz, save_pngs
+from difftrain.data.images import SampleWriter, save_grid
 from difftrain.diffusion.generate import class_labels
 from difftrain.diffusion.samplers import Sampler
+from difftrain.progress import Progress
 from difftrain.runs.preflight import (
     ConfigError,
     check_values,
@@ -36,6 +38,8 @@ def sample(cfg: DictConfig) -> Path:
 
     format=npz: uint8 (N, H, W, C) under `images` (and nfe, seed, step, labels); format=png: a
     folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
+    Low-dimensional (toy2d) checkpoints: float points (N, D) under `points`, a scatter plot beside.
+    Sampling stopped (SIGTERM, Ctrl-C) or failed part-way leaves the samples drawn so far.
     """
     check_arguments(
         cfg, outputs={"out": Path(cfg.out).absolute().parent}, problems=output_problems(cfg)
@@ -44,44 +48,77 @@ def sample(cfg: DictConfig) -> Path:
     model = load_models(cfg.ckpt, resolve_device(cfg.device))
     if prompts is not None:
         check_prompts(model, prompts)
-    if len(model.shape) == 1:
-        return _sample_points(cfg, model)
-    uint8, nfe, sampler, labels = draw(cfg, model, cfg.class_labels, prompts=prompts)
-    extra = {"nfe": np.array(nfe), "seed": np.array(cfg.seed), "step": np.array(model.global_step)}
-    if labels is not None:
-        extra["labels"] = labels.numpy()
-    if prompts:
-        extra["prompts"] = np.array([prompts[i % len(prompts)] for i in range(cfg.n)])
-    out = save_npz(uint8, cfg.out, **extra) if cfg.format == "npz" else save_pngs(uint8, cfg.out)
-    grid = save_grid(uint8[: cfg.grid_size], Path(cfg.out).with_suffix(".png"))
-    print(f"wrote {cfg.n} samples ({sampler.steps} steps, NFE {nfe}) to {out} and a grid to {grid}")
-    return out
-
-
-def _sample_points(cfg: DictConfig, model: TrainedModel) -> Path:
-    """Low-dimensional (toy2d) checkpoints: float points (N, D) under `points`, a scatter plot beside."""
-    if cfg.format != "npz":
-        raise ValueError(
+    points = len(model.shape) == 1
+    if points and cfg.format != "npz":
+        raise ConfigError(
             f"format={cfg.format} is for images; this checkpoint draws points: use format=npz"
         )
-    points, nfe, sampler, _ = draw(cfg, model, cfg.class_labels, images=False)
-    points = points.cpu()
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        out,
-        points=points.numpy(),
-        nfe=np.array(nfe),
-        seed=np.array(cfg.seed),
-        step=np.array(model.global_step),
+    batches, sampler, labels = draw_batches(
+        cfg, model, cfg.class_labels, images=not points, prompts=prompts
     )
-    data = instantiate(model.config.data)
-    data.setup("fit")
-    plot = data.save_samples(points, out.with_suffix(".png"))
+    per_sample = {} if labels is None else {"labels": labels.numpy()}
+    if prompts:
+        per_sample["prompts"] = np.array([prompts[i % len(prompts)] for i in range(cfg.n)])
+    writer = open_writer(cfg, "points" if points else "images", per_sample)
+    writer.extra.update(seed=np.array(cfg.seed), step=np.array(model.global_step))
+    nfe = keep_drawing(writer, batches, cfg.n)
+    out = writer.write()
+    what = "points" if points else "samples"
+    if points:
+        data = instantiate(model.config.data)
+        data.setup("fit")
+        beside = "a scatter plot", data.save_samples(writer.samples(), out.with_suffix(".png"))
+    else:
+        beside = "a grid", save_grid(writer.head(cfg.grid_size), Path(cfg.out).with_suffix(".png"))
     print(
-        f"wrote {cfg.n} points ({sampler.steps} steps, NFE {nfe}) to {out} and a scatter plot to {plot}"
+        f"wrote {cfg.n} {what} ({sampler.steps} steps, NFE {nfe}) to {out} and {beside[0]} to {beside[1]}"
     )
     return out
+
+
+def open_writer(cfg: DictConfig, key: str, per_sample: dict[str, np.ndarray]) -> SampleWriter:
+    """The writer of cfg.out, created now: an output that cannot be written fails here, before
+    any sampling, with the reason."""
+    try:
+        return SampleWriter(cfg.out, cfg.format, key, per_sample, head=cfg.grid_size)
+    except OSError as e:
+        raise ConfigError(
+            f"out={cfg.out}: cannot write there ({e.strerror or e}). Fix: out=<a path you can write>"
+        ) from None
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while sampling (a scheduler's stop, `kill`)."""
+
+
+def keep_drawing(writer: SampleWriter, batches: Iterator[tuple[torch.Tensor, int]], n: int) -> int:
+    """Draw every batch into `writer`, and return the NFE. Stopped by SIGTERM or Ctrl-C, or failed,
+    part-way: write the samples drawn so far, say how many, and exit (143 or 130) or re-raise."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    nfe = 0
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        for batch, nfe in batches:
+            writer.extra["nfe"] = np.array(nfe)
+            writer.add(batch)
+    except BaseException as e:
+        if writer.count == 0:
+            writer.discard()
+            raise
+        how = {Terminated: "stopped by SIGTERM", KeyboardInterrupt: "stopped by Ctrl-C"}
+        stop = how.get(type(e), f"failed ({type(e).__name__}: {e})")
+        print(
+            f"{stop} after {writer.count} of {n} samples: wrote those {writer.count} to {writer.write()}"
+        )
+        if isinstance(e, Terminated | KeyboardInterrupt):
+            raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return nfe
 
 
 def read_prompts(cfg: DictConfig) -> list[str] | None:
@@ -160,6 +197,43 @@ def sampler_config(cfg: DictConfig, model: TrainedModel) -> DictConfig:
     return chosen if "_target_" in chosen else OmegaConf.merge(model.config.sampler, chosen)
 
 
+def draw_batches(
+    cfg: DictConfig,
+    model: TrainedModel,
+    requested_labels: Sequence[int] | None,
+    images: bool = True,
+    prompts: Sequence[str] | None = None,
+) -> tuple[Iterator[tuple[torch.Tensor, int]], Sampler, torch.Tensor | None]:
+    """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance (by
+    cfg.guide's checkpoint where there is one), a batch at a time as they are drawn (with
+    progress): uint8 images (B, H, W, C), or with images=False model-space samples (B, *shape),
+    each with the NFE; also the sampler and the class labels of all n."""
+    sampler = instantiate(sampler_config(cfg, model))
+    guide = load_guide(cfg.guide, model) if cfg.get("guide") else None
+    try:
+        model.diffusion.check_guidance(cfg.guidance, guide)
+    except ValueError as e:  # the arguments' fault: a message, not a traceback
+        raise ConfigError(str(e)) from None
+    batches = model.batches(
+        cfg.n, sampler, images=images, seed=cfg.seed, batch_size=cfg.batch_size,
+        labels=requested_labels, prompts=prompts, guidance=cfg.guidance, guide=guide,
+    )  # fmt: skip
+    prior = model.diffusion.class_prior
+    labels = class_labels(cfg.n, model.num_classes, requested_labels, prior=prior)
+    return _reported(batches, cfg.n, "sampling"), sampler, labels
+
+
+def _reported(
+    batches: Iterator[tuple[torch.Tensor, int]], n: int, what: str
+) -> Iterator[tuple[torch.Tensor, int]]:
+    """The batches, saying every few seconds how many samples are drawn and how long is left."""
+    progress = Progress(what, n, "samples")
+    for batch, nfe in batches:
+        progress.update(len(batch))
+        yield batch, nfe
+    progress.close()
+
+
 def draw(
     cfg: DictConfig,
     model: TrainedModel,
@@ -167,28 +241,10 @@ def draw(
     images: bool = True,
     prompts: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, int, Sampler, torch.Tensor | None]:
-    """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance (by
-    cfg.guide's checkpoint where there is one): uint8 images (N, H, W, C), or with images=False
-    model-space samples (N, *shape); also the NFE, the sampler and the class labels used."""
-    sampler = instantiate(sampler_config(cfg, model))
-    guide = load_guide(cfg.guide, model) if cfg.get("guide") else None
-    try:
-        model.diffusion.check_guidance(cfg.guidance, guide)
-    except ValueError as e:  # the arguments' fault: a message, not a traceback
-        raise ConfigError(str(e)) from None
-    samples, nfe = (model.sample if images else model.generate)(
-        cfg.n,
-        sampler,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        labels=requested_labels,
-        prompts=prompts,
-        guidance=cfg.guidance,
-        guide=guide,
-    )
-    prior = model.diffusion.class_prior
-    labels = class_labels(cfg.n, model.num_classes, requested_labels, prior=prior)
-    return samples, nfe, sampler, labels
+    """`draw_batches`'s samples all at once: (N, ...), the NFE, the sampler and the labels."""
+    batches, sampler, labels = draw_batches(cfg, model, requested_labels, images, prompts)
+    drawn = list(batches)
+    return torch.cat([x for x, _ in drawn]), drawn[-1][1], sampler, labels
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sample")

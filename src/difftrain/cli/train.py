@@ -11,7 +11,6 @@ the swept values, final metrics and the health summary; `difftrain-compare` read
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -35,7 +34,7 @@ from difftrain.runs.preflight import (
     exit_on_bad_input,
     raise_problems,
 )
-from difftrain.runs.summary import SUMMARY_FILE, RunRecord, write_summary
+from difftrain.runs.summary import RunRecord, read_summary, write_summary
 from difftrain.runs.sweep import Job, current_job, failure_rate
 from difftrain.runtime import apply_runtime, cpu_bf16_warning, cpu_flags, warn_if_oversubscribed
 from difftrain.training.callbacks.guard import TrainingDiverged
@@ -150,8 +149,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as e:
         if job.sweep_dir is None:
             raise
-        summary = Path(cfg.paths.output_dir) / SUMMARY_FILE
-        if not summary.exists() or json.loads(summary.read_text()).get("status") != "failed":
+        if read_summary(cfg.paths.output_dir).get("status") != "failed":
             # it failed before its RunRecord began (a value the checks refuse): record it here
             write_summary(cfg.paths.output_dir, status="failed", name=job.name, group=job.group,
                           swept=job.swept, error=f"{type(e).__name__}: {e}")  # fmt: skip

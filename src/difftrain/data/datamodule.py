@@ -15,10 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
+from difftrain.cache import filling
 from difftrain.data.device import DeviceBatches, augment_batch, device_batches
 from difftrain.data.images import save_grid
 from difftrain.data.transforms import to_model_range, to_uint8
 from difftrain.diffusion.loss import Share
+from difftrain.progress import Progress
 from difftrain.training.checkpoint_io import load_cached, save_atomically
 
 log = logging.getLogger(__name__)
@@ -183,20 +185,29 @@ class ImageDataModule(L.LightningDataModule):
         """The autoencoder's latents of every image of a split, from the cache where they are."""
         key = f"{self.dataset!r}:{split}:{len(dataset)}:{self.sample_shape}:{self.value_range}"
         key += f":{self.autoencoder.fingerprint()}"
-        file = None
-        if self.latent_cache is not None:
-            name = f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-            file = Path(self.latent_cache, name)
+        if self.latent_cache is None:
+            return self._encode(dataset, split)
+        name = f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        file = Path(self.latent_cache, name)
+        with filling(file):  # another run encoding the same images: wait for it, then read
             if (latents := load_cached(file)) is not None:
                 return latents
-        device = next(self.autoencoder.parameters()).device
-        loader = DataLoader(_Mapped(dataset, self.normalize), batch_size=256)
-        latents = torch.cat([self.autoencoder.encode(x.to(device)).cpu() for x, _ in loader])
-        if file is not None:
+            latents = self._encode(dataset, split)
             save_atomically(latents, file)
-            log.info("encoded %d %s images to latents %s -> %s", len(latents), split,
-                     tuple(latents.shape[1:]), file)  # fmt: skip
+        log.info("encoded %d %s images to latents %s -> %s", len(latents), split,
+                 tuple(latents.shape[1:]), file)  # fmt: skip
         return latents
+
+    @torch.no_grad()
+    def _encode(self, dataset: Dataset, split: str) -> Tensor:
+        device = next(self.autoencoder.parameters()).device
+        progress = Progress(f"encoding the {split} images to latents", len(dataset))
+        latents = []
+        for x, _ in DataLoader(_Mapped(dataset, self.normalize), batch_size=256):
+            latents.append(self.autoencoder.encode(x.to(device)).cpu())
+            progress.update(len(x))
+        progress.close()
+        return torch.cat(latents)
 
     def _check(self, dataset: Dataset) -> None:
         x, y = dataset[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +105,15 @@ class Diffusion:
                 "a weaker checkpoint of the same data: guide=<ckpt>), or leave guidance at 1"
             )
 
+    def generate(self, n: int, sampler: Sampler | None = None, **options) -> tuple[Tensor, int]:
+        """Samples start .. start + n - 1 of stream `seed`, (n, *shape) in the model's space (a
+        latent model's decoded: images), and the NFE per sample (default sampler: the run's own).
+        `options` as for `batches`."""
+        drawn = list(self.batches(n, sampler, **options))
+        return torch.cat([x for x, _ in drawn]), drawn[-1][1]
+
     @torch.no_grad()
-    def generate(
+    def batches(
         self,
         n: int,
         sampler: Sampler | None = None,
@@ -118,9 +125,9 @@ class Diffusion:
         prompts: Sequence[str] | None = None,
         guidance: float = 1.0,
         guide: nn.Module | None = None,
-    ) -> tuple[Tensor, int]:
-        """Samples start .. start + n - 1 of stream `seed`, (n, *shape) in the model's space (a
-        latent model's decoded: images), and the NFE per sample (default sampler: the run's own).
+    ) -> Iterator[tuple[Tensor, int]]:
+        """`generate`'s samples a batch at a time, on the CPU, each with the NFE per sample: what
+        draws many samples with progress, keeping those drawn so far.
 
         Sample i starts from its own noise (seed, i) and, for a class-conditional net, has class
         `class_labels(...)[i]`, so a deterministic sampler draws the same images whatever the batch
@@ -149,7 +156,6 @@ class Diffusion:
         elif (y is not None or tokens is not None) and guidance != 1:
             denoiser = ClassifierFreeGuidance(denoiser, guidance, net.null_cond)
         device = next(self.denoiser.parameters()).device
-        out, nfe = [], 0
         for first in range(start, start + n, batch_size):
             index = torch.arange(first, min(first + batch_size, start + n))
             noise = seeded_noise(seed, index, self.shape).to(device)
@@ -158,5 +164,4 @@ class Diffusion:
                 cond["text_tokens"] = tokens[index - start].to(device)
             steps = seeded_generator(seed, STEP_STREAM + first, device)
             x, nfe = sampler(denoiser, noise, self.schedule, cond=cond, generator=steps)
-            out.append((x if self.decoder is None else self.decoder(x)).cpu())
-        return torch.cat(out), nfe
+            yield (x if self.decoder is None else self.decoder(x)).cpu(), nfe

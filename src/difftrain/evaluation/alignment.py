@@ -68,8 +68,7 @@ class AttributeJudge:
             rounds = epochs if attribute == "digit" else 1  # a colour is learnt in one epoch
             path, accuracy = load_or_train_classifier(
                 f"{key}-{rounds}ep-v{JUDGE_VERSION}-{attribute}", cache_dir, splits.__getitem__,
-                train.images.shape[1],
-                len(CHOICES[attribute]), rounds,
+                train.images.shape[1], len(CHOICES[attribute]), rounds, f"the {attribute} judge",
             )  # fmt: skip
             if accuracy < min_accuracy:
                 raise ValueError(

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from difftrain.cache import filling
+from difftrain.progress import Progress, duration
 from difftrain.training.checkpoint_io import load_cached, save_atomically
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ def train_classifier(
     batch_size: int = 128,
     lr: float = 2e-3,
     seed: int = 0,
+    what: str = "the classifier",
 ) -> tuple[Classifier, float]:
     """Train on `train` with random translations of up to 2 pixels; returns the model and its test accuracy."""
     torch.manual_seed(seed)
@@ -128,6 +131,7 @@ def train_classifier(
     batch_size = min(batch_size, len(train))
     loader = DataLoader(_AsUint8(train), batch_size=batch_size, shuffle=True, drop_last=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * len(loader))
+    progress = Progress(f"training {what}", epochs * len(loader) * batch_size, quiet=True)
     for _ in range(epochs):
         model.train()
         for x, y in loader:
@@ -138,6 +142,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            progress.update(len(x))
+    progress.close()
     return model.eval(), accuracy(model, test)
 
 
@@ -148,31 +154,38 @@ def load_or_train_classifier(
     channels: int,
     num_classes: int,
     epochs: int,
+    what: str = "the evaluation classifier",
 ) -> tuple[Path, float]:
-    """The cached classifier for `key` (trained on first use); its weights file and test accuracy."""
+    """The cached classifier for `key` (trained on first use, saying so as `what`); its weights
+    file and test accuracy."""
     if num_classes < 2:
         raise ValueError(
             "evaluator=classifier needs a labelled dataset (data.num_classes >= 2, got "
             f"{num_classes}); set data.num_classes, or use evaluator=inception"
         )
     path = Path(cache_dir) / "classifiers" / f"{key}.pt"
-    if (state := load_cached(path)) is not None:
+    with filling(path):  # another run training the same classifier: wait for it, then read it
+        if (state := load_cached(path)) is not None:
+            log.info(
+                "using the cached classifier %s (test accuracy %.4f)", path, state["test_accuracy"]
+            )
+            return path, state["test_accuracy"]
+        train = datasets("train")
         log.info(
-            "using the cached classifier %s (test accuracy %.4f)", path, state["test_accuracy"]
+            "training %s on %d images for %d epochs (first use; cached for later runs in %s)",
+            what, len(train), epochs, path.parent,
+        )  # fmt: skip
+        start = time.perf_counter()
+        model, acc = train_classifier(
+            train, datasets("val"), channels, num_classes, epochs, what=what
         )
-        return path, state["test_accuracy"]
-    start = time.perf_counter()
-    model, acc = train_classifier(datasets("train"), datasets("val"), channels, num_classes, epochs)
-    state = {"config": model.config, "state_dict": model.state_dict(), "test_accuracy": acc}
-    save_atomically(state, path)
-    path.with_suffix(".json").write_text(
-        json.dumps({"key": key, "test_accuracy": acc, "epochs": epochs})
-    )
+        state = {"config": model.config, "state_dict": model.state_dict(), "test_accuracy": acc}
+        save_atomically(state, path)
+        path.with_suffix(".json").write_text(
+            json.dumps({"key": key, "test_accuracy": acc, "epochs": epochs})
+        )
     log.info(
-        "trained the %s classifier in %.0f s: test accuracy %.4f (%s)",
-        key,
-        time.perf_counter() - start,
-        acc,
-        path,
-    )
+        "trained %s in %s: test accuracy %.4f (%s)",
+        what, duration(time.perf_counter() - start), acc, path,
+    )  # fmt: skip
     return path, acc

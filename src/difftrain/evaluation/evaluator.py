@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from difftrain.cache import filling
 from difftrain.evaluation.classifier import (
     CLASSIFIER,
     CLASSIFIER_VERSION,
@@ -72,6 +73,7 @@ class Evaluator:
         cache_dir: str = ".cache",
         inception_weights: str | None = None,
         classifier_images: int = 100_000,
+        classifier_max_epochs: int = 100,
         min_accuracy: float = 0.95,
         coverage_threshold: float = 0.5,
         kid_subset_size: int = 1000,
@@ -91,6 +93,7 @@ class Evaluator:
         self.metrics, self.split, self.max_reference = list(metrics), split, max_reference
         self.cache_dir, self.inception_weights = Path(cache_dir), inception_weights
         self.classifier_images, self.min_accuracy = classifier_images, min_accuracy
+        self.classifier_max_epochs = classifier_max_epochs
         self.coverage_threshold = coverage_threshold
         self.kid_subset_size, self.batch_size = kid_subset_size, batch_size
         self.extractor = None
@@ -115,22 +118,8 @@ class Evaluator:
         self.image_shape = tuple(reference_images.shape[1:])
         reference_key = f"{fingerprint(reference_images)}-{self.image_shape[-1]}px-{self.split}"
         path = self.cache_dir / "reference" / f"{reference_key}-{self.info['extractor']}.pt"
-        if (cached := load_cached(path)) is not None:
-            self.reference = FeatureSet(**cached)
-            log.info("reusing cached reference features %s (%d images)", path, len(self.reference))
-            self.info["reference_cached"] = True
-        else:
-            start = time.perf_counter()
-            self.reference = extract_features(self.extractor, reference_images, self.batch_size)
-            self.reference.save(path)
-            seconds = time.perf_counter() - start
-            log.info(
-                "computed reference features for %d images in %.1f s -> %s",
-                len(reference_images),
-                seconds,
-                path,
-            )
-            self.info["reference_cached"] = False
+        with filling(path):  # another run computing the same features: wait for it, then read
+            self.reference = self._reference(path, reference_images)
         self.info.update(
             feature=self.feature,
             reference=reference_key,
@@ -138,10 +127,35 @@ class Evaluator:
             reference_images=len(self.reference),
         )
 
+    def _reference(self, path: Path, images: Tensor) -> FeatureSet:
+        """The reference features: cached at `path`, or computed now and cached there."""
+        if (cached := load_cached(path)) is not None:
+            log.info(
+                "reusing cached reference features %s (%d images)", path, len(cached["features"])
+            )
+            self.info["reference_cached"] = True
+            return FeatureSet(**cached)
+        log.info("computing the reference features of %d images (first use; cached in %s)",
+                 len(images), path.parent)  # fmt: skip
+        start = time.perf_counter()
+        reference = extract_features(self.extractor, images, self.batch_size, "reference features")
+        reference.save(path)
+        log.info("computed reference features for %d images in %.1f s -> %s",
+                 len(images), time.perf_counter() - start, path)  # fmt: skip
+        self.info["reference_cached"] = False
+        return reference
+
     def _classifier(self) -> Path:
         """The weights of the dataset's classifier (cached, or trained now); refuses a weak one."""
         train = dataset_uint8(self.datasets("train"))
         epochs = max(1, math.ceil(self.classifier_images / len(train)))
+        if epochs > self.classifier_max_epochs:  # a small dataset: more epochs teach it no more
+            log.info(
+                "evaluator.classifier_images=%d would be %d epochs of these %d images: capped at "
+                "evaluator.classifier_max_epochs=%d", self.classifier_images, epochs, len(train),
+                self.classifier_max_epochs,
+            )  # fmt: skip
+            epochs = self.classifier_max_epochs
         key = (
             f"{fingerprint(train)}-{train.shape[-1]}px-v{CLASSIFIER_VERSION}"
             f"-{self.classifier_images}img-{epochs}ep"

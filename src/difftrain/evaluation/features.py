@@ -17,6 +17,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.utils import create_feature_extractor
 
 from difftrain.evaluation.classifier import CLASSIFIER
+from difftrain.progress import Progress
 from difftrain.training.checkpoint_io import save_atomically
 
 log = logging.getLogger(__name__)
@@ -88,19 +89,23 @@ def file_digest(path: str | Path) -> str:
 
 @torch.no_grad()
 def extract_features(
-    extractor: FeatureExtractorBase, images: Tensor, batch_size: int = 256
+    extractor: FeatureExtractorBase, images: Tensor, batch_size: int = 256, what: str = "features"
 ) -> FeatureSet:
-    """Features of uint8 images (N, C, H, W); grayscale is repeated to RGB for Inception."""
+    """Features of uint8 images (N, C, H, W); grayscale is repeated to RGB for Inception. Work
+    longer than a few seconds reports its progress as `what`."""
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(
             f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
     device = next(extractor.parameters()).device
     outputs = []
+    progress = Progress(what, len(images), quiet=True)
     for batch in images.split(batch_size):
         batch = batch.to(device)
         if extractor.get_name() == INCEPTION and batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)
         outputs.append([o.float().cpu() for o in extractor(batch)])
+        progress.update(len(batch))
+    progress.close()
     features, logits = (torch.cat(parts) for parts in zip(*outputs, strict=True))
     return FeatureSet(features, logits)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,13 +45,21 @@ class TrainedModel:
 
     def sample(self, n: int, sampler: Sampler | None = None, **options: Any) -> tuple[Tensor, int]:
         """n images as uint8 (n, H, W, C), and the NFE; `options` as for `generate`."""
-        if len(self.shape) != 3:
+        drawn = list(self.batches(n, sampler, **options))
+        return torch.cat([x for x, _ in drawn]), drawn[-1][1]
+
+    def batches(
+        self, n: int, sampler: Sampler | None = None, images: bool = True, **options: Any
+    ) -> Iterator[tuple[Tensor, int]]:
+        """`sample`'s images a batch at a time (`Diffusion.batches`), each with the NFE; with
+        images=False the model-space samples (B, *shape) instead."""
+        if images and len(self.shape) != 3:
             raise ValueError(
                 f"this checkpoint draws {self.shape[0]}-d points ({self.config.data._target_}), not "
                 "images: use TrainedModel.generate (difftrain-sample writes them under `points`)"
             )
-        images, nfe = self.generate(n, sampler, **options)
-        return to_uint8(images, self.config.data.value_range), nfe
+        for x, nfe in self.diffusion.batches(n, sampler, **options):
+            yield (to_uint8(x, self.config.data.value_range) if images else x), nfe
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from difftrain.runs.summary import SUMMARY_FILE
 
+log = logging.getLogger(__name__)
+
 HEALTH_KEYS = ("loss_spikes", "nonfinite_steps", "rollbacks", "final_grad_norm")
+
+
+class UnreadableRun(ValueError):
+    """A run dir whose summary.json or health.json cannot be read (cut short, not JSON)."""
 
 
 def flat_config(config: DictConfig) -> dict[str, Any]:
@@ -76,26 +84,49 @@ class Run:
         return [r["step"] for r in rows], [r[key] for r in rows]
 
 
-def load_runs(*paths: str | Path) -> list[Run]:
-    """Every run under `paths` (run dirs, multirun dirs, W&B offline run dirs), in path order."""
+def load_runs(*paths: str | Path, warn: Callable[[str], object] = log.warning) -> list[Run]:
+    """Every run under `paths` (run dirs, multirun dirs, W&B offline run dirs), in path order.
+
+    A run dir whose summary.json or health.json cannot be read (a write cut short) is left out,
+    `warn` naming the file and why; when no run is left, that is an error naming them all.
+    """
     runs: list[Run] = []
+    unreadable: list[str] = []
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} does not exist: pass run dirs, multirun dirs or wandb/offline-run-* dirs"
             )
-        if (path / ".hydra").is_dir():
-            runs.append(read_run_dir(path))
-        elif path.name.startswith(("offline-run-", "run-")) and any(path.glob("run-*.wandb")):
+        if not (path / ".hydra").is_dir() and _is_wandb_dir(path):
             runs.append(read_wandb_dir(path))
-        else:
-            jobs = sorted((p.parent for p in path.glob("*/.hydra")), key=_job_order)
-            if not jobs:
-                raise ValueError(
-                    f"{path} holds no runs: no .hydra/ in it or in its subdirectories, and no run-*.wandb"
+            continue
+        for run_dir in _run_dirs(path):
+            try:
+                runs.append(read_run_dir(run_dir))
+            except UnreadableRun as e:
+                unreadable.append(str(e))
+                warn(
+                    f"{e}: leaving the run {run_dir} out (delete that file to read it from its logs)"
                 )
-            runs.extend(read_run_dir(job) for job in jobs)
+    if unreadable and not runs:
+        raise ValueError("no run could be read: " + "; ".join(unreadable))
     return runs
+
+
+def _is_wandb_dir(path: Path) -> bool:
+    return path.name.startswith(("offline-run-", "run-")) and any(path.glob("run-*.wandb"))
+
+
+def _run_dirs(path: Path) -> list[Path]:
+    """The Hydra run dirs at `path`: the path itself, or the jobs of a multirun."""
+    if (path / ".hydra").is_dir():
+        return [path]
+    jobs = sorted((p.parent for p in path.glob("*/.hydra")), key=_job_order)
+    if not jobs:
+        raise ValueError(
+            f"{path} holds no runs: no .hydra/ in it or in its subdirectories, and no run-*.wandb"
+        )
+    return jobs
 
 
 def _job_order(path: Path) -> tuple[int, str]:
@@ -106,10 +137,8 @@ def read_run_dir(path: Path) -> Run:
     """A Hydra run dir: `.hydra/` config and choices, summary.json, and the CSV or W&B history."""
     config = OmegaConf.load(path / ".hydra" / "config.yaml")
     hydra = OmegaConf.load(path / ".hydra" / "hydra.yaml").hydra
-    summary_path = path / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    health_path = path / "health.json"  # also written by runs from before summary.json
-    health = json.loads(health_path.read_text()) if health_path.exists() else {}
+    summary = _read_json(path / SUMMARY_FILE)
+    health = _read_json(path / "health.json")  # also written by runs from before summary.json
     wandb_dirs = sorted(path.glob("wandb/offline-run-*")) + sorted(path.glob("wandb/run-*"))
     history = _csv_history(path / "csv" / "metrics.csv")
     if not history and wandb_dirs:
@@ -134,6 +163,21 @@ def read_run_dir(path: Path) -> Run:
         checkpoint=str(checkpoint) if checkpoint.exists() else None,
         samples=str(grids[-1]) if grids else None,
     )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A run's JSON record; {} when there is none, UnreadableRun when it cannot be read."""
+    if not path.exists():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON (cut short), not UTF-8
+        raise UnreadableRun(f"{path} cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(record, dict):
+        raise UnreadableRun(
+            f"{path} cannot be read (it holds a {type(record).__name__}, not an object)"
+        )
+    return record
 
 
 def _status(summary: dict[str, Any], health: dict[str, Any]) -> str:

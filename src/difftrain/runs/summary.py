@@ -3,6 +3,7 @@ health.json, kept by `RunRecord` around the whole run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,13 +23,35 @@ SUMMARY_FILE = "summary.json"
 
 
 def write_summary(run_dir: str | Path, **fields: Any) -> Path:
-    """Write (or update) `summary.json` in `run_dir`; non-finite floats become null."""
+    """Write (or update) `summary.json` in `run_dir`; non-finite floats become null. It is written
+    whole or not at all (a temporary file renamed into place), so a kill mid-write leaves the
+    previous one; one that cannot be read (cut short by an older difftrain) starts afresh."""
     path = Path(run_dir) / SUMMARY_FILE
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = read_summary(run_dir, unreadable="writing it afresh")
     summary.update(fields)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(summary), indent=2, default=str))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(_finite(summary), indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # a clean-up never hides why the write failed
+            tmp.unlink(missing_ok=True)
     return path
+
+
+def read_summary(run_dir: str | Path, unreadable: str = "taking it for empty") -> dict[str, Any]:
+    """A run dir's summary.json; {} when there is none, and, with a warning saying `unreadable`
+    (what happens instead), when it cannot be read (cut short by a kill or a full disk)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.exists():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: not JSON
+        log.warning("%s cannot be read (%s: %s): %s", path, type(e).__name__, e, unreadable)
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def _finite(value: Any) -> Any:

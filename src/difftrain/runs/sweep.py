@@ -22,6 +22,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from difftrain.runs.summary import read_summary
+
 SWEEP_FILE = "sweep.json"
 FAILED = ("diverged", "failed")
 
@@ -118,8 +120,7 @@ def failure_rate(job: Job) -> float:
         return 0.0
     failed = 0
     for path in job.sweep_dir.glob("*/summary.json"):
-        status = json.loads(path.read_text()).get("status")
-        failed += status in FAILED
+        failed += read_summary(path.parent).get("status") in FAILED
     return failed / max(job.planned_jobs or 1, 1)
 
 

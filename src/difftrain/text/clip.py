@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from difftrain.cache import filling
+from difftrain.progress import Progress
 from difftrain.text.tokenizer import PAD, WordTokenizer
 from difftrain.training.checkpoint_io import load_cached, save_atomically
 
@@ -103,23 +105,35 @@ class ClipTextEncoder(nn.Module):
         cache, into the lookup table."""
         empty = torch.full((1, rows.shape[1]), PAD, dtype=rows.dtype)
         rows = torch.unique(torch.cat([rows.cpu(), empty]), dim=0)
-        file = Path(self.cache_dir, f"clip-{self.fingerprint(rows)}.pt") if self.cache_dir else None
-        cached = load_cached(file) if file is not None else None
-        if cached is not None:
-            states, mask = cached["states"], cached["mask"]
+        if self.cache_dir is None:
+            states, mask = self._read_all(rows, batch_size)
         else:
-            device = next(self.model.parameters()).device
-            read = [self.read(chunk.to(device)) for chunk in rows.split(batch_size)]
-            states = torch.cat([s for s, _ in read]).cpu()
-            mask = torch.cat([m for _, m in read]).cpu()
-            if file is not None:
-                save_atomically({"states": states, "mask": mask}, file)
-                log.info("read %d captions with CLIP -> %s", len(rows), file)
+            file = Path(self.cache_dir, f"clip-{self.fingerprint(rows)}.pt")
+            with filling(file):  # another run reading the same captions: wait, then load them
+                if (cached := load_cached(file)) is not None:
+                    states, mask = cached["states"], cached["mask"]
+                else:
+                    states, mask = self._read_all(rows, batch_size)
+                    save_atomically({"states": states, "mask": mask}, file)
+                    log.info("read %d captions with CLIP -> %s", len(rows), file)
         keys = self.key(rows)
         if len(keys.unique()) != len(keys):
             raise RuntimeError("two captions share a hash: cannot table them")
         order = keys.argsort()
         self.table.update(keys=keys[order], states=states[order], mask=mask[order])
+
+    def _read_all(self, rows: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        """CLIP's states and masks of every row, on the CPU, in batches (with progress)."""
+        device = next(self.model.parameters()).device
+        progress = Progress("reading the captions with CLIP", len(rows), "captions")
+        states, masks = [], []
+        for chunk in rows.split(batch_size):
+            state, mask = self.read(chunk.to(device))
+            states.append(state.cpu())
+            masks.append(mask.cpu())
+            progress.update(len(chunk))
+        progress.close()
+        return torch.cat(states), torch.cat(masks)
 
     def share_table(self, other: ClipTextEncoder) -> None:
         self.table = other.table

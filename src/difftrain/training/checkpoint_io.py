@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
+NEARLY_FULL = 16 * 2**20  # bytes free under which a failed torch.save is taken for a full disk
+
 
 def save_atomically(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file beside `path`, then rename it into place: a process killed
     mid-write leaves the previous file, and one that reads the file while another writes it (two
-    runs filling one cache) finds the whole file or none."""
+    runs filling one cache) finds the whole file or none. A full disk raises an OSError (ENOSPC)
+    naming `path` and the space left there."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -26,9 +32,46 @@ def save_atomically(obj: Any, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save says "unexpected pos" when a write fails
+        code = _no_space(e, path)  # asked while the partial file still holds its space
+        if code is None:
+            raise
+        _remove(tmp)  # first, so that the space reported is what a retry finds
+        free = _free_bytes(path)
+        size = f"{free / 1e9:.1f} GB" if free >= 1e9 else f"{free / 1e6:.0f} MB"
+        raise OSError(
+            code, f"{os.strerror(code)} ({size} free on that filesystem)", str(path)
+        ) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
     return path
+
+
+def _no_space(error: BaseException, path: Path) -> int | None:
+    """ENOSPC or EDQUOT when a write failed for want of space: that errno in the error or what
+    it hides (torch.save's RuntimeError keeps the OSError as its context), or a RuntimeError on
+    a filesystem that is (nearly) full; None for any other failure."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if getattr(cause, "errno", None) in NO_SPACE:
+            return cause.errno
+        cause = cause.__cause__ or cause.__context__
+    full = isinstance(error, RuntimeError) and _free_bytes(path) < NEARLY_FULL
+    return errno.ENOSPC if full else None
+
+
+def _free_bytes(path: Path) -> int:
+    """The bytes free on the filesystem that holds `path` (or its nearest existing folder)."""
+    return shutil.disk_usage(next(p for p in (path, *path.parents) if p.exists())).free
+
+
+def _remove(tmp: Path) -> None:
+    """Remove a partial file; a folder that refuses even that must not hide why the write failed."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as e:  # a read-only filesystem answers EROFS even for a missing file
+        if tmp.exists():
+            log.warning("cannot remove the partial file %s (%s): delete it by hand", tmp, e)
 
 
 def load_cached(path: str | Path) -> Any | None:
@@ -55,10 +98,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
         path = Path(path)
+        fix = "or train into another run dir (paths.log_dir=...)"
         try:
             save_atomically(checkpoint, path)
-        except PermissionError as e:
-            raise PermissionError(
-                f"cannot write the checkpoint {path}: {e.strerror} ({path.parent} is read-only?). "
-                "Fix: make that folder writable, or train into another run dir (paths.log_dir=...)"
-            ) from e
+        except OSError as e:
+            if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+                raise PermissionError(
+                    f"cannot write the checkpoint {path}: {e.strerror} ({path.parent} is "
+                    f"read-only?). Fix: make that folder writable, {fix}"
+                ) from e
+            if e.errno in NO_SPACE:
+                raise OSError(
+                    e.errno,
+                    f"cannot write the checkpoint {path}: {e.strerror}. Fix: free space on that "
+                    f"disk (old runs, caches), {fix}",
+                ) from e
+            raise

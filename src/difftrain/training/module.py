@@ -197,6 +197,10 @@ class DiffusionModule(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self.clock.read(self.trainer)
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if 0 < self.trainer.max_steps <= self.global_step:  # the last step: validate it too
+            self.trainer.should_stop = True  # Lightning validates a step that asks to stop
+
     def _cond(
         self, labels: Tensor, generator: torch.Generator | None = None, share: Share = WHOLE
     ) -> dict[str, Tensor]:

@@ -43,6 +43,7 @@ class Evaluate(L.Callback):
         self.cadence = EveryNValidations(every_n_validations)
         self.seconds, self.setup_seconds = 0.0, 0.0
         self.last: dict[str, object] = {}
+        self.step = 0  # the global step of the last scores
 
     @property
     def identity(self) -> dict[str, object]:
@@ -83,6 +84,7 @@ class Evaluate(L.Callback):
         features = self._features(trainer, pl_module)
         if trainer.is_global_zero:
             self.last = self.evaluator.score(features, seed=self.seed)
+            self.step = trainer.global_step
             for key, value in self.last.items():
                 if isinstance(value, float):
                     pl_module.log(f"eval/{key}", value, rank_zero_only=True)
@@ -114,6 +116,12 @@ class Evaluate(L.Callback):
         timing = {"seconds": self.seconds, "setup_seconds": self.setup_seconds}
         feature = self.evaluator.info.get("feature")
         return {
-            "evaluation": {**self.identity, "feature": feature, "scores": scores, **timing},
+            "evaluation": {
+                **self.identity,
+                "feature": feature,
+                "step": self.step,
+                "scores": scores,
+                **timing,
+            },  # fmt: skip
             "health": {"latest_evaluation": latest},
         }
