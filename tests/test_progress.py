@@ -34,3 +34,12 @@ def test_durations_read_as_a_person_would_say_them():
         "3 min 05 s",
         "1 h 02 min",
     ]
+
+
+def test_printed_paths_and_overrides_paste_back_into_a_shell():
+    from difftrain.progress import override, quoted
+
+    assert quoted("/runs/a/last.ckpt") == "/runs/a/last.ckpt"
+    assert quoted("/my runs/last.ckpt") == "'/my runs/last.ckpt'"
+    assert override("ckpt_path", "/runs/a/last.ckpt") == "ckpt_path=/runs/a/last.ckpt"
+    assert override("ckpt_path", "/my runs/last.ckpt") == "\"ckpt_path='/my runs/last.ckpt'\""

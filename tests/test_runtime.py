@@ -44,3 +44,12 @@ def test_bf16_on_a_cpu_without_bf16_instructions_is_named_with_the_fix():
     assert cpu_bf16_warning("32-true", avx2) is None
     assert cpu_bf16_warning("bf16-mixed", set()) is None  # flags unknown: nothing to say
     assert isinstance(cpu_flags(), set)
+
+
+def test_a_run_prints_no_library_tips_or_known_warnings(make_cfg, caplog, recwarn):
+    from difftrain.cli.train import train
+    from tests.conftest import FAST
+
+    train(make_cfg(*FAST, "logger=none", "~callbacks.evaluate"))
+    assert not [r for r in caplog.records if "litlogger" in r.getMessage()]
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]

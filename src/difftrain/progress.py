@@ -1,4 +1,5 @@
-"""`Progress`: what long work is doing, as a line every few seconds, so that it never looks hung.
+"""`Progress`: what long work is doing, as a line every few seconds, so that it never looks hung;
+and `quoted`, the paths it prints, ready to paste into a shell.
 
 Imports the standard library only: data/, text/, evaluation/ and the CLIs all report with it.
 """
@@ -6,9 +7,27 @@ Imports the standard library only: data/, text/, evaluation/ and the CLIs all re
 from __future__ import annotations
 
 import logging
+import shlex
 import time
+from pathlib import Path
 
 log = logging.getLogger("difftrain.progress")
+
+
+def quoted(path: str | Path) -> str:
+    """A path as a shell reads it back: quoted where it has spaces or other special characters."""
+    return shlex.quote(str(path))
+
+
+def override(key: str, value: object) -> str:
+    """`key=value` as a Hydra override typed into a shell: quoted for both where the value has
+    spaces or other special characters (`"ckpt_path='/my runs/last.ckpt'"`)."""
+    text = str(value)
+    if shlex.quote(text) == text:
+        return f"{key}={text}"
+    if not set(text) & set("\"$`\\'"):
+        return f"\"{key}='{text}'\""
+    return shlex.quote(f"{key}={text}")
 
 
 def duration(seconds: float) -> str:
@@ -25,7 +44,7 @@ def duration(seconds: float) -> str:
 class Progress:
     """Counts `total` items of work called `what` (in `unit`s): says at once what starts (unless
     `quiet`), then every `every` seconds how far it is, how fast and how long is left, and at the
-    end how long it took. Quiet work that ends within `every` seconds prints nothing at all.
+    end how long it took. Work that ends within `every` seconds says no more than its start.
 
         progress = Progress("reference features", len(images), "images")
         for batch in batches:
@@ -40,7 +59,7 @@ class Progress:
         self.what, self.total, self.unit, self.every = what, total, unit, every
         self.done = 0
         self.start = self.last = time.monotonic()
-        self.spoke = not quiet
+        self.reported = False  # a line of how far it is: the end is said too
         if not quiet:
             log.info("%s: %d %s ...", what, total, unit)
 
@@ -49,7 +68,7 @@ class Progress:
         now = time.monotonic()
         if now - self.last < self.every or self.done >= self.total:
             return
-        self.last, self.spoke = now, True
+        self.last, self.reported = now, True
         rate = self.done / max(now - self.start, 1e-9)
         left = (self.total - self.done) / max(rate, 1e-9)
         log.info(
@@ -59,8 +78,8 @@ class Progress:
         )  # fmt: skip
 
     def close(self) -> float:
-        """Say that it is done (when anything was said before); the seconds it took."""
+        """Say that it is done, when it took a while; the seconds it took."""
         seconds = time.monotonic() - self.start
-        if self.spoke or seconds >= self.every:
+        if self.reported or seconds >= self.every:
             log.info("%s: %d %s in %s", self.what, self.done, self.unit, duration(seconds))
         return seconds

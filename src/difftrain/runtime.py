@@ -6,28 +6,58 @@ import logging
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
-import lightning as L
 import torch
 
 log = logging.getLogger(__name__)
 
 
 def apply_runtime(seed: int | None, num_threads: int | None, float32_matmul_precision: str) -> None:
-    """Set the seed and torch's global knobs for this run; clears a seed left by an earlier job.
+    """Set the seed and torch's global knobs for this run (clearing a seed left by an earlier
+    job), and silence the libraries' known noise (`quiet_known_noise`).
 
     Threads: `num_threads`, or, for a job of a multirun whose jobs run side by side on this
     machine (hydra/launcher=parallel), its share of the cores; else torch's default (all cores).
     """
+    quiet_known_noise()
     if seed is None:
         os.environ.pop("PL_GLOBAL_SEED", None)
     else:
+        import lightning as L  # here: the sampling CLIs start without Lightning
+
         L.seed_everything(seed, workers=True)
     threads = num_threads or (cores() // side_by_side_jobs() if side_by_side_jobs() > 1 else 0)
     if threads:
         torch.set_num_threads(max(1, threads))
     torch.set_float32_matmul_precision(float32_matmul_precision)
+
+
+# Messages of the libraries below that are not the user's to act on: a cloud-logger ad, a
+# deprecation inside Lightning, notes on what difftrain does on purpose (frozen parts in eval
+# mode, resuming into a new run dir, a model summary that cannot count bf16).
+KNOWN_NOISE = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"The dirpath has changed from .* won't be reloaded",
+    r"Precision bf16-mixed is not supported by the model summary",
+)
+TIPS = ("litlogger",)
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(tip in record.getMessage() for tip in TIPS)
+
+
+def quiet_known_noise() -> None:
+    """Silence the libraries' warnings and tips in KNOWN_NOISE and TIPS, once per process."""
+    for message in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoTips())
 
 
 def cores() -> int:

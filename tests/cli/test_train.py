@@ -177,11 +177,15 @@ def test_multirun_gives_each_job_its_own_run_dir_and_wandb_run(tmp_path):
 def test_two_runs_started_at_once_get_a_run_dir_each(tmp_path):
     env = {**os.environ, "WANDB_SILENT": "true"}
     env.pop("WANDB_MODE", None)
-    args = [sys.executable, "-m", "difftrain.cli.train", *FAST, "logger=none",
+    args = [sys.executable, "-m", "difftrain.cli.train", *FAST, "logger=none", "num_threads=1",
             f"paths.log_dir={tmp_path / 'logs'}", "hydra.run.dir=${paths.log_dir}/runs/same_second_${run_id:}"]  # fmt: skip
+    # A core each (num_threads=1): two runs that each take both cores run many times slower.
     runs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]  # fmt: skip
     codes = [p.wait(timeout=600) for p in runs]
-    assert codes == [0, 0], "\n".join(p.stdout.read().decode()[-3000:] for p in runs)
+    consoles = [p.stdout.read().decode() for p in runs]
+    assert codes == [0, 0], "\n".join(c[-3000:] for c in consoles)
+    # One fresh cache: one run trains the evaluation classifier, the other waits and reads it.
+    assert sum(c.count("training the evaluation classifier") for c in consoles) == 1
     dirs = sorted((tmp_path / "logs" / "runs").iterdir())
     assert len(dirs) == 2  # the same "second" (here: the same name), yet one dir per run
     for run in dirs:
@@ -205,3 +209,23 @@ def test_wandb_mode_comes_from_the_command_line_then_the_environment(make_cfg, m
     monkeypatch.setenv("WANDB_MODE", "online")
     assert make_cfg().logger.wandb.mode == "online"
     assert make_cfg("logger.wandb.mode=disabled").logger.wandb.mode == "disabled"
+
+
+def test_with_wandb_disabled_no_wandb_path_is_printed(make_cfg, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    train(make_cfg(*FAST, "logger.wandb.mode=disabled", "~callbacks.evaluate"))
+    report = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("trained "))
+    assert "checkpoint:" in report and "W&B run" not in report and "wandb sync" not in report
+
+
+def test_an_unwritable_wandb_dir_is_refused_before_the_run_starts(make_cfg, tmp_path):
+    not_a_folder = tmp_path / "taken"
+    not_a_folder.write_text("a file where the W&B folder would go")
+    cfg = make_cfg(*FAST, f"logger.wandb.save_dir={not_a_folder}")
+    with pytest.raises(
+        ConfigError, match=f"logger.wandb.save_dir={not_a_folder}: .* not a writable"
+    ):
+        train(cfg)
+    assert not outputs(cfg).exists()

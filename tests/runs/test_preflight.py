@@ -31,6 +31,16 @@ def test_bad_values_are_listed_together_with_their_allowed_range(make_cfg):
     assert check_values(make_cfg("experiment=mnist_fast", "callbacks=phema")) == []
 
 
+def test_a_seed_and_a_setting_no_part_takes_are_refused_with_the_fix(make_cfg):
+    problems = check_values(make_cfg("seed=-1", "+optimizer.lrr=1e-3"))
+    assert problems == [
+        "seed=-1: must be an integer in [0, 4294967295] or null",
+        "optimizer.lrr: torch.optim.Adam takes no 'lrr' (did you mean optimizer.lr?). Its "
+        "settings: amsgrad, betas, capturable, decoupled_weight_decay, differentiable, eps, "
+        "foreach, fused, lr, maximize, weight_decay",
+    ]
+
+
 def test_fp16_is_refused_with_the_precisions_that_work(make_cfg):
     (problem,) = check_values(make_cfg("trainer.precision=16-mixed"))
     assert problem.startswith("trainer.precision=16-mixed: fp16 needs loss scaling")
@@ -41,11 +51,13 @@ def test_fp16_is_refused_with_the_precisions_that_work(make_cfg):
 def test_a_config_that_cannot_start_creates_no_run_dir_and_no_wandb_run(tmp_path):
     result = run_module(
         "difftrain.cli.train", "optimizer.lr=fast", "optimizer.weight_decay=-1", "data.batch_size=0",
+        "+optimizer.lrr=1e-3",
         f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path, check=False,
     )  # fmt: skip
     assert result.returncode != 0
     message = result.stderr
-    assert "cannot start (3 problem(s))" in message and "optimizer.lr='fast'" in message
+    assert "cannot start (4 problem(s))" in message and "optimizer.lr='fast'" in message
+    assert "optimizer.lrr: torch.optim.Adam takes no 'lrr'" in message
     assert "optimizer.weight_decay=-1: must be a number in [0, inf)" in message
     assert "Traceback" not in message
     assert not (tmp_path / "logs").exists() and not list(tmp_path.rglob("wandb"))

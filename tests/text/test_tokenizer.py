@@ -27,6 +27,8 @@ def test_unknown_words_and_long_prompts_are_named():
         tokenizer.encode(["a green nine"])
     with pytest.raises(ValueError, match="has 5 words; the model reads at most 4"):
         tokenizer.encode(["a blue three top left"])
+    with pytest.raises(ValueError, match=r"not trained on: \['sévén', '七'\]"):  # as written
+        tokenizer.encode(["a sévén 七"])
 
 
 def test_the_encoder_reads_words_and_gives_the_empty_caption_one_state():

@@ -39,11 +39,18 @@ def two_processes(tmp_path_factory) -> Path:
     """A 2-process run of 8 steps (global batch 16), with W&B, evaluation and sample grids,
     conditioned on clusters."""
     run = tmp_path_factory.mktemp("ddp") / "run"
-    run_module(
+    result = run_module(
         "difftrain.cli.train", *RUN, *CLUSTERED, *DDP, "logger=wandb", f"hydra.run.dir={run}",
         cwd=run.parent,
     )  # fmt: skip
+    (run.parent / "console.txt").write_text(result.stdout + result.stderr)
     return run
+
+
+def test_the_console_has_no_sync_dist_warnings_tips_or_known_noise(two_processes):
+    console = (two_processes.parent / "console.txt").read_text()
+    assert "sync_dist" not in console  # values every process holds alike are logged as such
+    assert "litlogger" not in console and "LeafSpec" not in console
 
 
 def test_two_processes_agree_and_match_one_process_of_the_same_global_batch(

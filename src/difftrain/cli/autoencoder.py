@@ -27,6 +27,7 @@ from difftrain.config import CONFIG_DIR
 from difftrain.data.captioned import ATTRIBUTES, CaptionedImages
 from difftrain.evaluation.alignment import JUDGED, AttributeJudge
 from difftrain.latent.autoencoders import TinyKL
+from difftrain.progress import Progress
 from difftrain.runs.preflight import check_writable, exit_on_bad_input, raise_problems
 from difftrain.runtime import resolve_device
 from difftrain.training.checkpoint_io import save_atomically
@@ -47,14 +48,17 @@ def train_autoencoder(cfg: DictConfig) -> dict[str, float]:
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
     start = time.perf_counter()
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    progress = Progress("training the autoencoder", cfg.steps, "steps", quiet=True)
     for step, (x, _) in zip(range(cfg.steps), batches, strict=False):
         loss, rec, kl = net.loss(x.to(device), cfg.kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
+        progress.update()  # every 10 s: the steps done and the time left
         if step % 250 == 0 or step == cfg.steps - 1:
             log.info("step %d: L1 %.4f, KL %.3f", step, rec.item(), kl.item())
+    progress.close()
     net.eval()
     val = DataLoader(datamodule.val_set, 256)
     with torch.no_grad():

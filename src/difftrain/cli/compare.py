@@ -204,7 +204,8 @@ def plot_curves(runs: Sequence[Run], best: Run, path: Path) -> Path:
     for ax, title in zip(axes, ("train/loss (smoothed)", "val/loss"), strict=True):
         ax.set(title=title, xlabel="step", yscale="log")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    if axes[1].get_legend_handles_labels()[0]:  # no run validated: no curves to name
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

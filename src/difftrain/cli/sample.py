@@ -21,7 +21,7 @@ from difftrain.config import CONFIG_DIR
 from difftrain.data.images import SampleWriter, save_grid
 from difftrain.diffusion.generate import class_labels
 from difftrain.diffusion.samplers import Sampler
-from difftrain.progress import Progress
+from difftrain.progress import Progress, quoted
 from difftrain.runs.preflight import (
     ConfigError,
     check_values,
@@ -71,7 +71,8 @@ def sample(cfg: DictConfig) -> Path:
     else:
         beside = "a grid", save_grid(writer.head(cfg.grid_size), Path(cfg.out).with_suffix(".png"))
     print(
-        f"wrote {cfg.n} {what} ({sampler.steps} steps, NFE {nfe}) to {out} and {beside[0]} to {beside[1]}"
+        f"wrote {cfg.n} {what} ({sampler.steps} steps, NFE {nfe}) to {quoted(out)} and "
+        f"{beside[0]} to {quoted(beside[1])}"
     )
     return out
 
@@ -110,9 +111,8 @@ def keep_drawing(writer: SampleWriter, batches: Iterator[tuple[torch.Tensor, int
             raise
         how = {Terminated: "stopped by SIGTERM", KeyboardInterrupt: "stopped by Ctrl-C"}
         stop = how.get(type(e), f"failed ({type(e).__name__}: {e})")
-        print(
-            f"{stop} after {writer.count} of {n} samples: wrote those {writer.count} to {writer.write()}"
-        )
+        out = quoted(writer.write())
+        print(f"{stop} after {writer.count} of {n} samples: wrote those {writer.count} to {out}")
         if isinstance(e, Terminated | KeyboardInterrupt):
             raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
         raise

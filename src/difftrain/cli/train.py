@@ -47,6 +47,9 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     """Check, build every part from `cfg`, fit, and return the final metrics (RunRecord reports)."""
     ckpt_path = resume_from(cfg.ckpt_path, Path(cfg.paths.output_dir))
     outputs = {"paths.output_dir": cfg.paths.output_dir, "paths.cache_dir": cfg.paths.cache_dir}
+    for name, logger in (cfg.get("logger") or {}).items():  # W&B would fall back to /tmp
+        if logger and logger.get("save_dir"):
+            outputs[f"logger.{name}.save_dir"] = logger.save_dir
     checkpoint_problems, saved = check_checkpoint(ckpt_path, cfg)
     raise_problems(check_values(cfg) + check_writable(**outputs) + checkpoint_problems)
     resumed = None

@@ -7,6 +7,7 @@ runs them again (a multirun job, or a direct call) before summary.json or a W&B 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import inspect
 import math
@@ -41,7 +42,11 @@ class Range:
     def __str__(self) -> str:
         left = "(" if self.low_open or self.low == -math.inf else "["
         right = ")" if self.high_open or self.high == math.inf else "]"
-        text = f"{'an integer' if self.integer else 'a number'} in {left}{self.low:g}, {self.high:g}{right}"
+        low, high = (
+            f"{v:d}" if self.integer and math.isfinite(v) else f"{v:g}"
+            for v in (self.low, self.high)
+        )
+        text = f"{'an integer' if self.integer else 'a number'} in {left}{low}, {high}{right}"
         return text + (" or null" if self.nullable else "")
 
     def allows(self, value: Any) -> bool:
@@ -67,7 +72,7 @@ PROBABILITY_BELOW_1 = Range(0, 1, high_open=True)
 
 # Ranges of the numeric options, by config key (shell-style patterns).
 RANGES: dict[str, Range] = {
-    "seed": Range(integer=True, nullable=True),
+    "seed": Range(0, 2**32 - 1, integer=True, nullable=True),  # what numpy and torch seed with
     "num_threads": Range(1, integer=True, nullable=True),
     "max_failure_rate": FRACTION,
     "data.image_size": COUNT,
@@ -246,18 +251,29 @@ def _numeric(annotation: Any) -> bool:
 
 
 def _check_types(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """Values given to a `_target_`'s number-annotated parameters that are not numbers."""
+    """Values given to a `_target_`'s number-annotated parameters that are not numbers, and keys
+    that its constructor has no parameter for (`+optimizer.lrr=...`)."""
     problems = []
     target = cfg.get("_target_") if isinstance(cfg, DictConfig) else None
     hints: dict[str, Any] = {}
+    accepted: dict[str, bool] | None = None  # None: any key (a **kwargs, or an unknown target)
     if isinstance(target, str):
         try:
             obj = get_method(target)
-            hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+            function = obj.__init__ if inspect.isclass(obj) else obj
+            hints = typing.get_type_hints(function)
+            accepted = _parameters(function)
         except Exception:  # unresolvable annotations or targets are instantiate's to report
             hints = {}
     for key in _keys(cfg, prefix) if isinstance(cfg, DictConfig) else []:
         path = f"{prefix}.{key}" if prefix else str(key)
+        if accepted is not None and key not in accepted and not str(key).startswith("_"):
+            settings = sorted(k for k, default in accepted.items() if default or k in cfg)
+            close = difflib.get_close_matches(str(key), settings, n=1)
+            hint = f" (did you mean {prefix}.{close[0]}?)" if close else ""
+            problems.append(f"{path}: {target} takes no {key!r}{hint}. Its settings: "
+                            f"{', '.join(settings)}")  # fmt: skip
+            continue
         if OmegaConf.is_interpolation(cfg, key):
             continue
         if OmegaConf.is_missing(cfg, key):
@@ -269,6 +285,21 @@ def _check_types(cfg: DictConfig, prefix: str = "") -> list[str]:
         elif key in hints and _numeric(hints[key]) and isinstance(value, str | bool):
             problems.append(f"{path}={value!r}: must be a number")
     return problems
+
+
+def _parameters(function: Any) -> dict[str, bool] | None:
+    """The keyword parameters of a callable, each with whether it has a default (one without,
+    and not in the config, is the code's to give, as an optimizer's params); None when it takes
+    any (**kwargs)."""
+    parameters = inspect.signature(function).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {
+        p.name: p.default is not p.empty
+        for p in parameters
+        if p.kind in keyword and p.name != "self"
+    }
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from difftrain.progress import quoted
 from difftrain.training.report import Summarizes
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,10 @@ class RunRecord:
             {f"evaluation/{k}": v for k, v in identity.items() if isinstance(v, int | float | str)}
         )
         wandb.run.summary.update(flat)
+        disabled = getattr(wandb.run, "disabled", False)  # WANDB_MODE=disabled: no files at all
         run_dir = Path(wandb.run.dir).parent
         wandb.finish()
-        return run_dir
+        return None if disabled or not run_dir.is_dir() else run_dir
 
     def _report(self, minutes: float, steps: int, wandb_dir: Path | None) -> list[str]:
         """Where the run's outputs are and how fast it trained."""
@@ -187,7 +189,7 @@ class RunRecord:
         if "images_per_sec" in s:
             lines[0] += f", {s['images_per_sec']:.0f} training images/s"
         if "sample_grid" in s:
-            lines.append(f"sample grid:  {s['sample_grid']}")
+            lines.append(f"sample grid:  {quoted(s['sample_grid'])}")
         if (evaluation := s.get("evaluation")) and minutes:
             scores = ", ".join(f"{k} {v:.4g}" for k, v in evaluation["scores"].items())
             share = evaluation["seconds"] / (minutes * 60)
@@ -197,11 +199,12 @@ class RunRecord:
             )
         checkpoint = getattr(self.trainer, "checkpoint_callback", None)
         if checkpoint is not None:
-            lines.append(
-                f"checkpoint:   {checkpoint.last_model_path or checkpoint.best_model_path}"
-            )
+            path = checkpoint.last_model_path or checkpoint.best_model_path
+            lines.append(f"checkpoint:   {quoted(path)}")
         if wandb_dir is not None:
-            lines.append(f"W&B run:      {wandb_dir}  (upload: wandb sync {wandb_dir})")
+            lines.append(
+                f"W&B run:      {quoted(wandb_dir)}  (upload: wandb sync {quoted(wandb_dir)})"
+            )
         if "val/loss" in self.metrics:
             lines.append(f"val/loss:     {self.metrics['val/loss']:.4f}")
         return lines

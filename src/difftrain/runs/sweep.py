@@ -22,8 +22,6 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from difftrain.runs.summary import read_summary
-
 SWEEP_FILE = "sweep.json"
 FAILED = ("diverged", "failed")
 
@@ -116,6 +114,8 @@ def current_job(task_name: str | None = None) -> Job:
 
 def failure_rate(job: Job) -> float:
     """Share of the sweep's planned jobs whose summary.json says they diverged or failed."""
+    from difftrain.runs.summary import read_summary  # here: sampling starts without Lightning
+
     if job.sweep_dir is None:
         return 0.0
     failed = 0

@@ -13,8 +13,9 @@ SPECIALS = ("<pad>", "<unk>")
 
 
 def words(text: str) -> list[str]:
-    """Lower-case words of `text`, punctuation dropped."""
-    return re.findall(r"[a-z0-9']+", text.lower())
+    """Lower-case words of `text` in any script (letters, digits and apostrophes), punctuation
+    dropped: "Sévén, 七!" -> ["sévén", "七"]."""
+    return re.findall(r"[\w']+", text.lower())
 
 
 def build_vocab(captions: Iterable[str]) -> list[str]:

@@ -318,13 +318,14 @@ class DiffusionModule(L.LightningModule):
         self.log("val/loss_online", self.val_loss_online)
 
     def on_validation_epoch_end(self) -> None:
+        # Computed from metrics that every process has synced already: the same everywhere.
         gap = self.val_loss_online.compute() - self.val_loss.compute()
-        self.log("val/ema_gap", gap)  # > 0: the EMA weights denoise better than the online ones
+        self.log("val/ema_gap", gap, sync_dist=True)  # > 0: the EMA weights denoise better
         names = bucket_names(self.val_sigma_edges, "val/loss")
         for name, metric in zip(names, self.val_bucket_loss, strict=True):
             value = metric.compute()
             if not value.isnan():
-                self.log(name, value)
+                self.log(name, value, sync_dist=True)
             metric.reset()
 
     def _fixed_noise(self, index: Tensor, shape: torch.Size) -> tuple[Tensor, Tensor]:

@@ -94,11 +94,11 @@ class Alignment(L.Callback):
         if not self.cadence.due(trainer):
             return
         start = time.perf_counter()
-        self.last = self.score(pl_module, trainer.datamodule)
+        self.last = self.score(pl_module, trainer.datamodule)  # the same on every process
+        for name, value in self.last.items():
+            key = f"eval/{name}" if name in ("fid", "clip_score") else f"eval/align_{name}"
+            pl_module.log(key, value, sync_dist=True)
         if trainer.is_global_zero:
-            for name, value in self.last.items():
-                key = f"eval/{name}" if name in ("fid", "clip_score") else f"eval/align_{name}"
-                pl_module.log(key, value, rank_zero_only=True)
             log.info(
                 "alignment at step %d: %s", trainer.global_step,
                 ", ".join(f"{k} {v:.3f}" for k, v in self.last.items()),

@@ -12,6 +12,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from difftrain.progress import override, quoted
+
 log = logging.getLogger(__name__)
 SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")  # schedulers, spot instances; Ctrl-C
 EXIT_CODE = 143  # 128 + SIGTERM: what schedulers expect of a job that was preempted
@@ -86,8 +88,8 @@ class Preemption(L.Callback):
             previous(self.received, None)  # a scheduler's own requeue (submitit, Lightning's SLURM)
         how = "stopped by Ctrl-C (SIGINT)" if name == "SIGINT" else f"preempted by {name}"
         raise Preempted(
-            f"{how} at step {trainer.global_step}: saved {path}; resume with "
-            f"ckpt_path={path} (or ckpt_path=last in the same run dir)",
+            f"{how} at step {trainer.global_step}: saved {quoted(path)}; resume with "
+            f"{override('ckpt_path', path)} (or ckpt_path=last in the same run dir)",
             INTERRUPTED if name == "SIGINT" else EXIT_CODE,
         )
 

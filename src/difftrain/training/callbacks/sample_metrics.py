@@ -82,15 +82,15 @@ class Evaluate(L.Callback):
             return
         start = time.perf_counter()
         features = self._features(trainer, pl_module)
-        if trainer.is_global_zero:
-            self.last = self.evaluator.score(features, seed=self.seed)
-            self.step = trainer.global_step
-            for key, value in self.last.items():
-                if isinstance(value, float):
-                    pl_module.log(f"eval/{key}", value, rank_zero_only=True)
-            if "classes_under_threshold" in self.last:
-                missing = float(len(self.last["classes_under_threshold"]))
-                pl_module.log("eval/classes_under_threshold", missing, rank_zero_only=True)
+        scores = self.evaluator.score(features, seed=self.seed) if trainer.is_global_zero else {}
+        self.last = trainer.strategy.broadcast(scores)  # rank 0 scores; every process logs them
+        self.step = trainer.global_step
+        for key, value in self.last.items():  # the same on every process: the mean changes nothing
+            if isinstance(value, float):
+                pl_module.log(f"eval/{key}", value, sync_dist=True)
+        if "classes_under_threshold" in self.last:
+            missing = float(len(self.last["classes_under_threshold"]))
+            pl_module.log("eval/classes_under_threshold", missing, sync_dist=True)
         self.seconds += time.perf_counter() - start
 
     def _features(self, trainer: L.Trainer, pl_module: L.LightningModule) -> FeatureSet:
