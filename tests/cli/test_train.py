@@ -229,3 +229,9 @@ def test_an_unwritable_wandb_dir_is_refused_before_the_run_starts(make_cfg, tmp_
     ):
         train(cfg)
     assert not outputs(cfg).exists()
+    from difftrain.runs.preflight import (
+        Preflight,  # the CLI's check, before Hydra makes the run dir
+    )
+
+    with pytest.raises(SystemExit, match="logger.wandb.save_dir"):
+        Preflight().on_run_start(cfg)

@@ -142,3 +142,22 @@ def test_damaged_checkpoint_is_refused_by_the_cli(tiny_checkpoint, tmp_path):
     )  # fmt: skip
     assert result.returncode != 0 and f"ckpt_path={damaged}: the file is damaged" in result.stderr
     assert not (tmp_path / "logs").exists()
+
+
+def test_a_full_disk_or_read_only_folder_ends_a_cli_with_its_message_alone():
+    import errno
+
+    from difftrain.runs.preflight import exit_on_bad_input
+
+    def full():
+        raise OSError(errno.ENOSPC, "cannot write the checkpoint /r/last.ckpt: No space left")
+
+    def missing():
+        raise FileNotFoundError(errno.ENOENT, "a bug's own error", "x")
+
+    with pytest.raises(SystemExit, match=r"Error: \[Errno 28\] cannot write the checkpoint"):
+        exit_on_bad_input(full)()
+    with pytest.raises(SystemExit, match="Error: cannot write"):
+        exit_on_bad_input(lambda: (_ for _ in ()).throw(PermissionError("cannot write")))()
+    with pytest.raises(FileNotFoundError):  # not the machine's: keeps its traceback
+        exit_on_bad_input(missing)()

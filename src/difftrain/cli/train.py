@@ -32,6 +32,7 @@ from difftrain.runs.preflight import (
     check_values,
     check_writable,
     exit_on_bad_input,
+    logger_dirs,
     raise_problems,
 )
 from difftrain.runs.summary import RunRecord, read_summary, write_summary
@@ -47,9 +48,7 @@ def train(cfg: DictConfig, job: Job | None = None) -> dict[str, float]:
     """Check, build every part from `cfg`, fit, and return the final metrics (RunRecord reports)."""
     ckpt_path = resume_from(cfg.ckpt_path, Path(cfg.paths.output_dir))
     outputs = {"paths.output_dir": cfg.paths.output_dir, "paths.cache_dir": cfg.paths.cache_dir}
-    for name, logger in (cfg.get("logger") or {}).items():  # W&B would fall back to /tmp
-        if logger and logger.get("save_dir"):
-            outputs[f"logger.{name}.save_dir"] = logger.save_dir
+    outputs |= logger_dirs(cfg)  # W&B would quietly fall back to /tmp
     checkpoint_problems, saved = check_checkpoint(ckpt_path, cfg)
     raise_problems(check_values(cfg) + check_writable(**outputs) + checkpoint_problems)
     resumed = None

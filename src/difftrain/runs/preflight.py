@@ -8,6 +8,7 @@ runs them again (a multirun job, or a direct call) before summary.json or a W&B 
 from __future__ import annotations
 
 import difflib
+import errno
 import fnmatch
 import inspect
 import math
@@ -447,6 +448,18 @@ def check_writable(**paths: str | Path | None) -> list[str]:
     return problems
 
 
+def logger_dirs(cfg: DictConfig) -> dict[str, str]:
+    """Each logger's save_dir that is known yet (one inside the run dir is not, before it is
+    made), by config key: folders to check like the run's own."""
+    dirs = {}
+    for name in cfg.get("logger") or {}:
+        key = f"logger.{name}.save_dir"
+        folder = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if folder:
+            dirs[key] = folder
+    return dirs
+
+
 def raise_problems(problems: list[str], what: str = "the configuration") -> None:
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -465,7 +478,7 @@ class Preflight(Callback):
             return
         problems = check_values(config)
         run_dir = OmegaConf.select(config, "hydra.run.dir", throw_on_resolution_failure=False)
-        problems += check_writable(**{"hydra.run.dir": run_dir})
+        problems += check_writable(**{"hydra.run.dir": run_dir}, **logger_dirs(config))
         if not problems:
             ckpt = config.get("ckpt_path")
             problems += check_checkpoint(None if ckpt in (None, "last") else ckpt, config)[0]
@@ -489,8 +502,14 @@ def check_launcher(config: DictConfig) -> list[str]:
     ]
 
 
+# Errors of the machine, not of difftrain, that the user fixes there: a full disk or quota, a
+# read-only file system, a folder without write permission.
+MACHINE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+
+
 def exit_on_bad_input(function: Any) -> Any:
-    """For a CLI's main: a ConfigError exits with its message alone (code 1), no traceback."""
+    """For a CLI's main: a ConfigError, or a full disk or a folder that cannot be written
+    (MACHINE_ERRORS), exits with its message alone (code 1), no traceback."""
     import functools
 
     @functools.wraps(function)
@@ -498,6 +517,10 @@ def exit_on_bad_input(function: Any) -> Any:
         try:
             return function(*args, **kwargs)
         except ConfigError as e:
+            raise SystemExit(f"Error: {e}") from None
+        except OSError as e:
+            if not isinstance(e, PermissionError) and e.errno not in MACHINE_ERRORS:
+                raise
             raise SystemExit(f"Error: {e}") from None
 
     return wrapper

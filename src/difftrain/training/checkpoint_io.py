@@ -37,10 +37,9 @@ def save_atomically(obj: Any, path: str | Path) -> Path:
         if code is None:
             raise
         _remove(tmp)  # first, so that the space reported is what a retry finds
-        free = _free_bytes(path)
-        size = f"{free / 1e9:.1f} GB" if free >= 1e9 else f"{free / 1e6:.0f} MB"
+        free = _readable(_free_bytes(path))
         raise OSError(
-            code, f"{os.strerror(code)} ({size} free on that filesystem)", str(path)
+            code, f"{os.strerror(code)} ({free} free on that filesystem)", str(path)
         ) from e
     finally:
         _remove(tmp)
@@ -58,6 +57,14 @@ def _no_space(error: BaseException, path: Path) -> int | None:
         cause = cause.__cause__ or cause.__context__
     full = isinstance(error, RuntimeError) and _free_bytes(path) < NEARLY_FULL
     return errno.ENOSPC if full else None
+
+
+def _readable(size: int) -> str:
+    """'136 kB', '4.2 GB'."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
 
 
 def _free_bytes(path: Path) -> int:
