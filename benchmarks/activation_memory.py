@@ -22,6 +22,7 @@ import torch
 
 from difftrain.config import compose_net
 from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.loss import raw_error
 from difftrain.diffusion.objectives import EpsObjective
 
 
@@ -42,13 +43,15 @@ def run(net_name: str, batch_size: int, channels: int, size: int, checkpointing:
 
     def step() -> None:
         sigma = torch.rand(batch_size, device=device) * 10
-        loss = denoiser.error(x0, sigma, torch.randn_like(x0))[0].mean()
+        loss = raw_error(denoiser, x0, sigma, torch.randn_like(x0))[0].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     optimizer.zero_grad()
-    loss = denoiser.error(x0, torch.ones(1, device=device), x0)[0].mean()  # weights' grads exist
+    loss = raw_error(denoiser, x0, torch.ones(1, device=device), x0)[
+        0
+    ].mean()  # weights' grads exist
     loss.backward()
     optimizer.step()
     if device == "cuda":

@@ -9,6 +9,7 @@ Reference features and the classifier come from the same cache as difftrain-eval
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -17,16 +18,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from difftrain.cli.sample import class_labels
 from difftrain.config import CONFIG_DIR
 from difftrain.data.images import save_grid
+from difftrain.diffusion.samplers import steps_for
 from difftrain.runs.pretrained import load_trained
 
 SAMPLERS = ["ddim", "ddpm", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde"]
-
-
-def steps_for(sampler: str, nfe: int) -> int:
-    return max(1, (nfe + 1) // 2) if sampler == "heun" else nfe
 
 
 def main() -> None:
@@ -49,9 +46,6 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_trained(args.ckpt)
-    labels = class_labels(
-        None, args.n, model.denoiser.net.num_classes
-    )  # 0, 1, 2, ... if conditional
     rows = []
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("eval", overrides=[f"ckpt={args.ckpt}", *args.overrides])
@@ -61,13 +55,13 @@ def main() -> None:
         evaluator.setup()
         for name in args.samplers:
             for nfe in args.nfe:
-                steps = steps_for(name, nfe)
-                sampler_cfg = compose(
-                    "eval", overrides=[f"sampler={name}", f"sampler.steps={steps}"]
-                ).sampler
-                sampler = instantiate(sampler_cfg)
+                sampler = instantiate(compose("eval", overrides=[f"sampler={name}"]).sampler)
+                steps = steps_for(sampler.solver, nfe)  # Heun evaluates the net twice a step
+                sampler = dataclasses.replace(sampler, steps=steps)
                 start = time.perf_counter()
-                uint8, real_nfe = model.sample(args.n, sampler, seed=0, class_labels=labels)
+                uint8, real_nfe = model.sample(
+                    args.n, sampler, seed=0
+                )  # classes 0, 1, 2, ... if conditional
                 seconds = time.perf_counter() - start
                 scores = evaluator(uint8.permute(0, 3, 1, 2))
                 if args.grids:

@@ -29,6 +29,7 @@ import lightning as L
 import torch
 
 from difftrain.config import compose_net
+from difftrain.diffusion.loss import raw_error
 
 
 def peak_memory_mib() -> float:
@@ -93,7 +94,7 @@ def bare(args: argparse.Namespace) -> dict:
     def step() -> None:
         sigma = schedule.sigma(torch.rand(args.batch_size, device=device))
         with autocast(args.precision):
-            loss = denoiser.error(x0, sigma, torch.randn_like(x0))[0].mean()
+            loss = raw_error(denoiser, x0, sigma, torch.randn_like(x0))[0].mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

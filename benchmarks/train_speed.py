@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from difftrain.config import CONFIG_DIR, compose_net
 from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.loss import raw_error
 from difftrain.diffusion.objectives import EpsObjective
 from difftrain.diffusion.schedules import CosineSchedule
 
@@ -40,7 +41,7 @@ def measure(
     def step() -> None:
         sigma = schedule.sigma(torch.rand(batch_size))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = denoiser.error(x0, sigma, torch.randn_like(x0))[0].float().mean()
+            loss = raw_error(denoiser, x0, sigma, torch.randn_like(x0))[0].float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

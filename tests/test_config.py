@@ -86,6 +86,16 @@ def test_weighting(make_cfg, option):
     assert (instantiate(cfg.weighting)(sigma, c_out) > 0).all()
 
 
+@pytest.mark.parametrize("option", options("loss"))
+def test_loss(make_cfg, option):
+    cfg = make_cfg(f"loss={option}", "net=unet_tiny")
+    loss = instantiate(cfg.loss)
+    denoiser = Denoiser(instantiate(cfg.net), instantiate(cfg.objective))
+    x0 = torch.randn(4, *denoiser.net.sample_shape)
+    losses, sigma = loss(denoiser, instantiate(cfg.schedule), x0, generator=torch.Generator())
+    assert losses.shape == sigma.shape == (4,) and torch.isfinite(losses).all()
+
+
 @pytest.mark.parametrize("option", options("sampler"))
 def test_sampler(make_cfg, option):
     cfg = make_cfg(f"sampler={option}", "sampler.steps=5")

@@ -1,8 +1,10 @@
 """The README's "Extending" recipe, followed from inside a test: a new schedule, sampler, net,
-dataset and metric, each a few lines of Python here plus its YAML, trained and evaluated together
-by the unchanged difftrain."""
+loss, dataset and metric, each a few lines of Python here plus its YAML, trained and evaluated
+together by the unchanged difftrain."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -10,11 +12,13 @@ from torch import Tensor, nn
 
 from difftrain.cli.train import train
 from difftrain.data.datasets import TensorImages
+from difftrain.diffusion.objectives import expand_like
 from difftrain.diffusion.schedules import NoiseSchedule
 from difftrain.evaluation import metrics
 from difftrain.evaluation.features import FeatureSet
-from difftrain.nets.layers import null_class
+from difftrain.nets.conditioning import null_class
 from difftrain.runs.pretrained import load_trained
+from difftrain.streams import WHOLE
 from tests.conftest import FAST
 
 
@@ -71,6 +75,26 @@ class TinyConvNet(nn.Module):
         """Any size: it is fully convolutional."""
 
 
+class X0Loss(nn.Module):
+    """A toy loss: the plain x0 error ||D(x0 + sigma n) - x0||^2 at log-uniform noise levels in
+    [sigma_min, sigma_max], drawn for the global batch (each process keeps its share)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        super().__init__()
+        self.log_min, self.log_max = math.log(sigma_min), math.log(sigma_max)
+
+    def set_step(self, step: int) -> None:
+        """No curriculum: the levels do not depend on the step."""
+
+    def forward(self, denoiser, schedule, x0, cond=None, generator=None, share=WHOLE, gather=None):
+        n = len(x0) * share.world
+        u = share.of(torch.rand(n, device=x0.device, generator=generator))
+        sigma = torch.exp(self.log_min + u * (self.log_max - self.log_min)).to(x0.dtype)
+        noise = share.of(torch.randn((n, *x0.shape[1:]), device=x0.device, generator=generator))
+        x = x0 + expand_like(sigma, x0) * noise.to(x0.dtype)
+        return (denoiser(x, sigma, cond) - x0).float().square().flatten(1).mean(1), sigma
+
+
 def stripes(split: str, image_size: int = 8) -> TensorImages:
     """A toy dataset: horizontal (label 0) or vertical (label 1) stripes, at random phases."""
     n, gen = (512, 0) if split == "train" else (128, 1)
@@ -110,6 +134,11 @@ image_size: ${data.image_size}
 width: 16
 num_classes: 0
 """,
+    "loss/x0.yaml": """
+_target_: tests.test_extending.X0Loss
+sigma_min: 0.01
+sigma_max: 50.0
+""",
     "data/stripes.yaml": """
 defaults:
   - _image
@@ -125,7 +154,7 @@ num_classes: 2
 }
 
 
-def test_a_new_schedule_sampler_net_dataset_and_metric_train_and_evaluate(
+def test_a_new_schedule_sampler_net_loss_dataset_and_metric_train_and_evaluate(
     make_cfg, tmp_path, monkeypatch
 ):
     conf = tmp_path / "conf"
@@ -135,7 +164,7 @@ def test_a_new_schedule_sampler_net_dataset_and_metric_train_and_evaluate(
     monkeypatch.setitem(metrics.METRICS, "mean_shift", mean_shift)  # a metric: a registry entry
     cfg = make_cfg(
         *FAST, f"hydra.searchpath=[file://{conf}]", "schedule=quadratic", "sampler=midpoint",
-        "net=tiny_conv", "data=stripes", "evaluator.metrics=[fid,mean_shift]", "logger=none",
+        "net=tiny_conv", "loss=x0", "data=stripes", "evaluator.metrics=[fid,mean_shift]", "logger=none",
     )  # fmt: skip
     results = train(cfg)
     assert {"val/loss", "eval/fid", "eval/mean_shift"} <= set(results)

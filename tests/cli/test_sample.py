@@ -85,7 +85,7 @@ def test_checkpoint_restores_the_ema_weights_and_training_sampler(tiny_checkpoin
 def test_missing_or_foreign_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_trained(tmp_path / "nope.ckpt")
-    from difftrain.runs.preflight import ConfigError  # what the commands print without a traceback
+    from difftrain.errors import ConfigError  # what the commands print without a traceback
 
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(ConfigError, match="not a difftrain checkpoint"):
@@ -250,7 +250,7 @@ def test_a_stopped_sampler_keeps_what_it_drew(tiny_checkpoint, tmp_path):
 
 def test_an_output_that_cannot_be_written_fails_before_sampling(tiny_checkpoint, tmp_path, caplog):
     from difftrain.cli.sample import sample
-    from difftrain.runs.preflight import ConfigError
+    from difftrain.errors import ConfigError
     from tests.conftest import compose_cfg
 
     cfg = compose_cfg(tmp_path, f"ckpt={tiny_checkpoint}", "n=10", "out=/proc/x.npz",

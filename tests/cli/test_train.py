@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from difftrain.cli.train import train
-from difftrain.runs.preflight import ConfigError
+from difftrain.errors import ConfigError
 from difftrain.runs.tracking import read_offline_run
 from tests.conftest import FAST, RANDOM_LABELS, SHARED_DATA, run_module, write_mnist
 

@@ -59,7 +59,7 @@ def test_cifar10_from_torchvision_layout(fake_cifar10):
 
 
 def test_missing_dataset_says_where_it_looked_and_how_to_fix(tmp_path):
-    from difftrain.runs.preflight import ConfigError  # the commands print it without a traceback
+    from difftrain.errors import ConfigError  # the commands print it without a traceback
 
     with pytest.raises(ConfigError, match=r"MNIST not found.*nowhere/MNIST.*download=true"):
         ds.mnist("train", str(tmp_path / "nowhere"))

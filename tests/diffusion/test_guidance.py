@@ -7,7 +7,7 @@ import torch
 from difftrain.diffusion.guidance import ClassifierFreeGuidance
 from difftrain.diffusion.samplers import Sampler, sample_dpmpp_2m, sample_heun
 from difftrain.diffusion.schedules import CosineSchedule
-from difftrain.nets.layers import null_class
+from difftrain.nets.conditioning import null_class
 
 
 def toy_denoiser(x, sigma, cond):

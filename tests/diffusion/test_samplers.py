@@ -196,3 +196,10 @@ def test_heun_churn_adds_noise_only_inside_its_window():
     )
     assert not torch.allclose(plain, churned)
     assert churned.std().item() == pytest.approx(S, rel=0.1)
+
+
+def test_a_solver_tells_its_steps_for_a_budget_of_net_evaluations():
+    from difftrain.diffusion.samplers import sample_dpmpp_2m, sample_euler, sample_heun, steps_for
+
+    assert steps_for(sample_euler, 10) == 10 and steps_for(sample_heun, 19) == 10
+    assert sample_dpmpp_2m.multistep and not getattr(sample_euler, "multistep", False)

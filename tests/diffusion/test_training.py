@@ -7,7 +7,7 @@ import torch
 
 from difftrain.data.datasets import digits
 from difftrain.diffusion.denoiser import Denoiser
-from difftrain.diffusion.loss import DenoisingLoss
+from difftrain.diffusion.loss import DenoisingLoss, raw_error
 from difftrain.diffusion.noise_levels import LogNormal, UniformT
 from difftrain.diffusion.objectives import (
     EDMObjective,
@@ -54,7 +54,7 @@ def test_loss_is_finite_and_decreases(images, objective_name, schedule_name):
 
     def evaluate():
         with torch.no_grad():
-            return denoiser.error(images, eval_sigma, eval_noise)[0].mean().item()
+            return raw_error(denoiser, images, eval_sigma, eval_noise)[0].mean().item()
 
     before = evaluate()
     for step in range(40):

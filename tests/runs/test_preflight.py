@@ -9,13 +9,9 @@ import pytest
 import torch
 
 from difftrain.cli.train import train
-from difftrain.runs.preflight import (
-    ConfigError,
-    changed_settings,
-    check_checkpoint,
-    check_values,
-    check_writable,
-)
+from difftrain.errors import ConfigError
+from difftrain.runs.preflight import check_values, check_writable
+from difftrain.runs.resume import changed_settings, check_checkpoint
 from tests.conftest import FAST, run_module
 
 

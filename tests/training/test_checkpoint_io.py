@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from difftrain.training import checkpoint_io
+from difftrain import files
 from difftrain.training.checkpoint_io import AtomicCheckpointIO
 
 
@@ -51,7 +51,7 @@ def test_a_full_disk_is_named_with_the_space_left_and_the_fix(tmp_path, monkeypa
     io_, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io_.save_checkpoint({"step": 1}, path)
     monkeypatch.setattr(
-        checkpoint_io,
+        files,
         "open",
         lambda file, mode: io.BufferedWriter(FullDisk(file, "w")),
         raising=False,
@@ -67,7 +67,7 @@ def test_a_full_disk_is_named_with_the_space_left_and_the_fix(tmp_path, monkeypa
 
 def test_a_write_failure_on_a_nearly_full_disk_is_a_full_disk(tmp_path, monkeypatch):
     path = tmp_path / "cache.pt"
-    checkpoint_io.save_atomically({"step": 1}, path)
+    files.save_atomically({"step": 1}, path)
 
     def fails(obj, f):  # torch.save's error when the disk fills, with no errno left in it
         f.write(b"PK\x03\x04")
@@ -76,13 +76,13 @@ def test_a_write_failure_on_a_nearly_full_disk_is_a_full_disk(tmp_path, monkeypa
     monkeypatch.setattr(torch, "save", fails)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
     with pytest.raises(OSError, match=rf"No space left on device \(0 bytes free.*{path}") as e:
-        checkpoint_io.save_atomically({"step": 2}, path)
+        files.save_atomically({"step": 2}, path)
     assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
     saved_then_failed(path)
     monkeypatch.setattr(torch, "save", fails)  # with room to spare it is some other failure
     with pytest.raises(RuntimeError, match="unexpected pos"):
-        checkpoint_io.save_atomically({"step": 2}, path)
+        files.save_atomically({"step": 2}, path)
 
 
 def test_a_folder_that_refuses_the_write_is_named(tmp_path, monkeypatch):
@@ -94,7 +94,7 @@ def test_a_folder_that_refuses_the_write_is_named(tmp_path, monkeypatch):
         def refuse(file, mode):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
 
-        monkeypatch.setattr(checkpoint_io, "open", refuse, raising=False)
+        monkeypatch.setattr(files, "open", refuse, raising=False)
     try:
         with pytest.raises(PermissionError, match=rf"cannot write the checkpoint {path}: Permiss"):
             io_.save_checkpoint({"step": 2}, path)
@@ -110,7 +110,7 @@ def test_a_read_only_filesystem_is_named_without_the_clean_up_traceback(tmp_path
     def read_only(*args, **kwargs):  # a read-only mount refuses even to unlink a missing file
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(checkpoint_io, "open", read_only, raising=False)
+    monkeypatch.setattr(files, "open", read_only, raising=False)
     monkeypatch.setattr(Path, "unlink", read_only)
     with pytest.raises(PermissionError, match=rf"checkpoint {path}: Read-only file system") as e:
         io_.save_checkpoint({"step": 2}, path)

@@ -154,7 +154,7 @@ def test_fsdp_composes_with_its_units_and_refuses_what_it_cannot_shard(make_cfg)
     from difftrain.diffusion.denoiser import Denoiser
     from difftrain.nets.layers import ResBlock, SelfAttention
     from difftrain.training.distributed import HydraJobs, is_sharded
-    from difftrain.training.phema import PostHocEMA
+    from difftrain.training.posthoc_ema import PostHocEMA
 
     cfg = make_cfg("trainer=fsdp")
     strategy = instantiate(cfg.trainer.strategy)

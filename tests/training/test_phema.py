@@ -13,7 +13,7 @@ from difftrain.cli.phema import phema
 from difftrain.cli.train import train
 from difftrain.runs.pretrained import load_trained
 from difftrain.training.ema import PowerDecay
-from difftrain.training.phema import (
+from difftrain.training.posthoc_ema import (
     gamma_to_sigma_rel,
     posthoc_coefficients,
     profile_inner_product,

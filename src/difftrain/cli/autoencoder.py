@@ -24,13 +24,13 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from difftrain.config import CONFIG_DIR
+from difftrain.console import Progress
 from difftrain.data.captioned import ATTRIBUTES, CaptionedImages
 from difftrain.evaluation.alignment import JUDGED, AttributeJudge
+from difftrain.files import save_atomically
 from difftrain.latent.autoencoders import TinyKL
-from difftrain.progress import Progress
 from difftrain.runs.preflight import check_writable, exit_on_bad_input, raise_problems
 from difftrain.runtime import resolve_device
-from difftrain.training.checkpoint_io import save_atomically
 
 log = logging.getLogger(__name__)
 

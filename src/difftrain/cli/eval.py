@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from difftrain.cli.sample import check_arguments, draw, sampler_config
 from difftrain.config import CONFIG_DIR
-from difftrain.progress import quoted
+from difftrain.console import quoted
 from difftrain.runs.preflight import exit_on_bad_input
 from difftrain.runs.pretrained import TrainedModel, load_models
 from difftrain.runtime import resolve_device

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from difftrain.files import save_atomically
 from difftrain.runs.pretrained import EMA_PREFIX, load_checkpoint
-from difftrain.training.checkpoint_io import save_atomically
-from difftrain.training.phema import reconstruct
+from difftrain.training.posthoc_ema import reconstruct
 
 USAGE = "usage: difftrain-phema run_dir=PATH sigma_rel=0.05,0.1[,...] [step=N | at=FRACTION]"
 

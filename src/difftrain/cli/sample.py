@@ -18,17 +18,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from difftrain.config import CONFIG_DIR
+from difftrain.console import Progress, quoted
 from difftrain.data.images import SampleWriter, save_grid
 from difftrain.diffusion.generate import class_labels
 from difftrain.diffusion.samplers import Sampler
-from difftrain.progress import Progress, quoted
-from difftrain.runs.preflight import (
-    ConfigError,
-    check_values,
-    check_writable,
-    exit_on_bad_input,
-    raise_problems,
-)
+from difftrain.errors import ConfigError
+from difftrain.runs.preflight import check_values, check_writable, exit_on_bad_input, raise_problems
 from difftrain.runs.pretrained import TrainedModel, load_guide, load_models
 from difftrain.runtime import resolve_device
 

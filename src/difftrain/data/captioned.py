@@ -28,7 +28,7 @@ from difftrain.data.datasets import (
     digits,
     scan_image_folder,
 )
-from difftrain.runs.preflight import ConfigError
+from difftrain.errors import ConfigError
 from difftrain.text.tokenizer import WordTokenizer, build_vocab
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
-from difftrain.cache import filling
+from difftrain.console import Progress
 from difftrain.data.device import DeviceBatches, augment_batch, device_batches
 from difftrain.data.images import save_grid
 from difftrain.data.transforms import to_model_range, to_uint8
-from difftrain.diffusion.loss import Share
-from difftrain.progress import Progress
-from difftrain.training.checkpoint_io import load_cached, save_atomically
+from difftrain.files import filling, load_cached, save_atomically
+from difftrain.streams import Share
 
 log = logging.getLogger(__name__)
 

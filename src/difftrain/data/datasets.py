@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tvd
 from torchvision.transforms import v2
 
-from difftrain.runs.preflight import ConfigError
+from difftrain.errors import ConfigError
 
 SPLITS = ("train", "val")
 log = logging.getLogger(__name__)

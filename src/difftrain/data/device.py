@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from difftrain.diffusion.loss import Share
 from difftrain.runtime import shared_seed
+from difftrain.streams import Share
 
 Transform = Callable[[Tensor, torch.Generator, Share], Tensor]
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from difftrain.diffusion.objectives import Objective, expand_like, raw_target
+from difftrain.diffusion.objectives import Objective, expand_like
+from difftrain.nets.protocol import Cond
 
-Cond = Mapping[str, Tensor]  # conditioning by name, passed to the net untouched (nets.protocol)
+# What samplers and guidance call: (x, sigma, cond) -> the x0-estimate (a Denoiser, or one wrapped).
+DenoiserFn = Callable[[Tensor, Tensor, Cond | None], Tensor]
 
 
 class Denoiser(nn.Module):
@@ -24,26 +26,17 @@ class Denoiser(nn.Module):
         self.net = net
         self.objective = objective
 
-    def forward(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
-        """The x0-estimate for noisy x (B, *shape); sigma is a scalar or shape (B,)."""
+    def forward(
+        self, x: Tensor, sigma: Tensor, cond: Cond | None = None, raw: bool = False
+    ) -> Tensor:
+        """The x0-estimate for noisy x (B, *shape); sigma is a scalar or shape (B,). With
+        `raw`, the net's own output F instead: what the loss trains (`diffusion.loss`)."""
         sigma = sigma.to(x.dtype).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.dtype)
         c_skip, c_out, c_in, c_noise = self.objective.scalings(sigma)
         f = self.net(expand_like(c_in, x) * x, c_noise, **(cond or {}))
+        if raw:
+            return f
         return expand_like(c_skip, x) * x + expand_like(c_out, x) * f.to(x.dtype)
-
-    def error(
-        self, x0: Tensor, sigma: Tensor, noise: Tensor, cond: Cond | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The raw net's squared error against its target, per example (B,), and c_out (B,).
-
-        The noisy input is x0 + sigma noise; the target is (x0 - c_skip x) / c_out (Karras et al.
-        2022, Eq. 8), so that c_out^2 times this error is the x0-space error of D.
-        """
-        c_skip, c_out, c_in, c_noise = self.objective.scalings(sigma)
-        x = x0 + expand_like(sigma, x0) * noise
-        f = self.net(expand_like(c_in, x) * x, c_noise, **(cond or {})).float()
-        target = raw_target(x0, x, c_skip, c_out).float()
-        return (f - target).square().flatten(1).mean(1), c_out
 
 
 class Ensemble(nn.Module):

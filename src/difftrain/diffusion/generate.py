@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -12,27 +11,7 @@ from torch import Tensor, nn
 from difftrain.diffusion.guidance import Autoguidance, ClassifierFreeGuidance
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
-
-STEP_STREAM = 2**31  # item indices stay below it; a batch's sampler noise is drawn from above it
-
-
-def seeded_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for item `index` of stream `seed`; torch seeds its CPU generator with 32 bits."""
-    return torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + index) % 2**32)
-
-
-def seeded_noise(seed: int, indices: Tensor, shape: Sequence[int]) -> Tensor:
-    """Standard normal noise (len(indices), *shape): item i from its own generator (seed, i), so it
-    is the same whatever the batch, the batch size or the process that draws it."""
-    return torch.stack(
-        [torch.randn(tuple(shape), generator=seeded_generator(seed, int(i))) for i in indices]
-    )
-
-
-def golden_points(index: Tensor) -> Tensor:
-    """frac(0.5 + i x golden ratio) for each i of `index` (float64): low-discrepancy points in
-    [0, 1), so any run of consecutive indices spreads evenly over it."""
-    return torch.frac(0.5 + index.double() * (math.sqrt(5) - 1) / 2)
+from difftrain.streams import STEP_STREAM, golden_points, seeded_generator, seeded_noise
 
 
 def class_labels(

@@ -9,9 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from difftrain.diffusion.denoiser import Cond
-
-DenoiserFn = Callable[[Tensor, Tensor, Cond | None], Tensor]
+from difftrain.diffusion.denoiser import DenoiserFn
+from difftrain.nets.protocol import Cond
 
 
 class ClassifierFreeGuidance:

@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from difftrain.diffusion.denoiser import Cond, Denoiser
+from difftrain.diffusion.denoiser import Denoiser
 from difftrain.diffusion.noise_levels import NoiseLevels
-from difftrain.diffusion.objectives import expand_like
+from difftrain.diffusion.objectives import expand_like, raw_target
 from difftrain.diffusion.schedules import NoiseSchedule
 from difftrain.diffusion.weighting import EDMWeighting, Weighting
-
-
-@dataclass(frozen=True)
-class Share:
-    """Part `rank` of a global batch split in `world` equal parts (one per training process)."""
-
-    rank: int = 0
-    world: int = 1
-
-    def of(self, values: Tensor) -> Tensor:
-        """This part of `values`, drawn for the whole global batch (dim 0)."""
-        size = len(values) // self.world
-        return values[self.rank * size : (self.rank + 1) * size]
-
-
-WHOLE = Share()  # one process: the whole batch
+from difftrain.nets.protocol import Cond
+from difftrain.streams import WHOLE, Share
 
 
 class DenoisingLoss(nn.Module):
-    """lambda(sigma) c_out^2 ||F - target||^2 at injected noise levels (Karras et al. 2022, Eq. 8).
+    """lambda(sigma) c_out^2 ||F(c_in x; c_noise) - (x0 - c_skip x) / c_out||^2, x = x0 + sigma n,
+    at injected noise levels (Karras et al. 2022, Eq. 2 and 8): the x0-space loss
+    lambda ||D(x) - x0||^2 written in the raw net's output space, where it trains.
 
     The noise levels and the noise are drawn from `generator` for the whole global batch, and
     each process keeps its `share`: a step's randomness is the same however many processes
@@ -42,6 +29,10 @@ class DenoisingLoss(nn.Module):
     def __init__(self, noise_levels: NoiseLevels, weighting: Weighting):
         super().__init__()
         self.noise_levels, self.weighting = noise_levels, weighting
+
+    def set_step(self, step: int) -> None:
+        """The training step (the schedule step under a time budget): curricula follow it."""
+        self.noise_levels.set_step(step)
 
     def forward(
         self,
@@ -57,20 +48,30 @@ class DenoisingLoss(nn.Module):
 
         `gather` assembles the global batch's losses (rank order) for the noise-level sampler.
         """
-        n = x0.shape[0] * share.world
-        sigma, importance = self.noise_levels(n, schedule, x0.device, generator)
-        noise = torch.randn(
-            (n, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=generator
+        # Noise levels and noise, drawn for the global batch: this process keeps its share.
+        n = len(x0) * share.world
+        sigma, importance = map(share.of, self.noise_levels(n, schedule, x0.device, generator))
+        noise = share.of(
+            torch.randn((n, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=generator)
         )
-        sigma, importance, noise = (
-            share.of(sigma).to(x0.dtype),
-            share.of(importance),
-            share.of(noise),
-        )
-        error, c_out = denoiser.error(x0, sigma, noise, cond)
+        sigma = sigma.to(x0.dtype)
+        # The raw net's error at x0 + sigma noise, weighted by lambda(sigma) c_out^2 (Eq. 8).
+        error, c_out = raw_error(denoiser, x0, sigma, noise, cond)
         loss = self.weighting(sigma, c_out).float() * error
         self.noise_levels.update(loss.detach() if gather is None else gather(loss.detach()))
         return loss * importance, sigma
+
+
+def raw_error(
+    denoiser: Denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: Cond | None = None
+) -> tuple[Tensor, Tensor]:
+    """The raw net's squared error ||F - target||^2 per example (B,) at x = x0 + sigma noise, and
+    c_out (B,). The target (x0 - c_skip x) / c_out (Karras et al. 2022, Eq. 8) makes c_out^2 times
+    this error the x0-space error ||D(x) - x0||^2 of the denoiser."""
+    x = x0 + expand_like(sigma, x0) * noise
+    c_skip, c_out, _, _ = denoiser.objective.scalings(sigma)
+    f = denoiser(x, sigma, cond, raw=True).float()
+    return (f - raw_target(x0, x, c_skip, c_out).float()).square().flatten(1).mean(1), c_out
 
 
 @torch.no_grad()

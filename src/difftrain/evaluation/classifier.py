@@ -19,9 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from difftrain.cache import filling
-from difftrain.progress import Progress, duration
-from difftrain.training.checkpoint_io import load_cached, save_atomically
+from difftrain.console import Progress, duration
+from difftrain.files import filling, load_cached, save_atomically
 
 log = logging.getLogger(__name__)
 CLASSIFIER = "difftrain-classifier"

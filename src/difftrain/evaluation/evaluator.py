@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from difftrain.cache import filling
 from difftrain.evaluation.classifier import (
     CLASSIFIER,
     CLASSIFIER_VERSION,
@@ -28,7 +27,7 @@ from difftrain.evaluation.features import (
     inception_weights,
 )
 from difftrain.evaluation.metrics import METRICS, class_coverage, compute_metrics
-from difftrain.training.checkpoint_io import load_cached
+from difftrain.files import filling, load_cached
 
 log = logging.getLogger(__name__)
 FEATURES = {"inception": INCEPTION, "classifier": CLASSIFIER}
@@ -180,8 +179,8 @@ class Evaluator:
             c, h, w = self.image_shape
             raise ValueError(
                 f"samples are {tuple(images.shape[1:])} (C, H, W) but the reference images are "
-                f"{self.image_shape}: their features differ whatever the content (28 px MNIST "
-                f"against the 32 px reference scores FID 4.3 for real digits). Fix: give "
+                f"{self.image_shape}: their features differ whatever the content, so FID would "
+                f"measure the size. Fix: give "
                 f"{w}x{h} images with {c} channels, or set data.image_size to the samples' size"
             )
 

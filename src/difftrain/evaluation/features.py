@@ -16,9 +16,9 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.utils import create_feature_extractor
 
+from difftrain.console import Progress
 from difftrain.evaluation.classifier import CLASSIFIER
-from difftrain.progress import Progress
-from difftrain.training.checkpoint_io import save_atomically
+from difftrain.files import save_atomically
 
 log = logging.getLogger(__name__)
 INCEPTION = "inception-v3-compat"

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from difftrain.nets.layers import NoiseEmbedding, add_labels, null_class, read_prompt
+from difftrain.nets.conditioning import add_labels, null_class, read_prompt
+from difftrain.nets.layers import NoiseEmbedding
 from difftrain.nets.protocol import Cond
 
 

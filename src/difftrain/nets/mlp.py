@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difftrain.nets.layers import NoiseEmbedding, add_labels, null_class
+from difftrain.nets.conditioning import add_labels, null_class
+from difftrain.nets.layers import NoiseEmbedding
 from difftrain.nets.protocol import Cond
 
 

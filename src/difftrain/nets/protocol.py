@@ -40,3 +40,14 @@ class Net(Protocol):
     def check_image_size(self, size: int) -> None:
         """Raise ValueError, saying why, when the net cannot take samples of this resolution."""
         ...
+
+
+def check_served(net: Net, data: object) -> None:
+    """Fail, naming the fix, when a data module that tells its `sample_shape` serves samples of
+    another shape than the net takes (images, or latents with an autoencoder)."""
+    served = getattr(data, "sample_shape", None)
+    if served is not None and tuple(served) != tuple(net.sample_shape):
+        raise ValueError(
+            f"the data serves samples of shape {tuple(served)} but the net takes "
+            f"{tuple(net.sample_shape)}: set net.in_channels={served[0]} net.image_size={served[-1]}"
+        )

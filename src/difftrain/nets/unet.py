@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from difftrain.nets.conditioning import add_labels, null_class, read_prompt
 from difftrain.nets.layers import (
     CrossAttention,
     Downsample,
@@ -17,9 +18,6 @@ from difftrain.nets.layers import (
     ResBlock,
     SelfAttention,
     Upsample,
-    add_labels,
-    null_class,
-    read_prompt,
     zero_init,
 )
 from difftrain.nets.protocol import Cond
@@ -65,24 +63,12 @@ class UNet(nn.Module):
     ):
         super().__init__()
         self.checkpoint_activations = checkpoint_activations
-        levels = len(channel_mult)
         self.channel_mult = list(channel_mult)
         self.check_image_size(image_size)
-        resolutions = [image_size // 2**i for i in range(levels)]
-        for name, chosen in (("attn", attn_resolutions), ("cross_attn", cross_attn_resolutions)):
-            if unknown := set(chosen) - set(resolutions):
-                raise ValueError(
-                    f"{name}_resolutions {sorted(unknown)} not among the UNet's resolutions "
-                    f"{resolutions}"
-                )
-        if cross_attn_resolutions and text_encoder is None:
-            raise ValueError(
-                "net.cross_attn_resolutions attend to text, but there is no text encoder: choose "
-                "one (text_encoder=tiny) or set net.cross_attn_resolutions=[]"
-            )
+        resolutions = [image_size // 2**i for i in range(len(channel_mult))]
         widths = [channels * m for m in channel_mult]
-        if bad := [w for w in widths if w % norm_groups]:
-            raise ValueError(f"channel widths {bad} are not divisible by norm_groups={norm_groups}")
+        _check_layout(resolutions, widths, norm_groups, attn_resolutions, cross_attn_resolutions,
+                      text_encoder is not None)  # fmt: skip
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         emb_ch = 4 * channels
 
@@ -107,18 +93,10 @@ class UNet(nn.Module):
                 layers.append(cross(cout))
             return nn.ModuleList(layers)
 
-        # Encoder: record the width of every skip connection.
-        self.down, skips, ch = nn.ModuleList(), [widths[0]], widths[0]
-        for i, (w, res) in enumerate(zip(widths, resolutions, strict=True)):
-            for _ in range(num_res_blocks):
-                self.down.append(block(ch, w, res))
-                ch = w
-                skips.append(ch)
-            if i < levels - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
-                skips.append(ch)
-
-        # Middle: residual block, attention, residual block.
+        # Encoder, middle (residual block, attention, residual block), decoder; built in this
+        # order, which is the order their weights are drawn in.
+        self.down, skips = _encoder(widths, resolutions, num_res_blocks, block)
+        ch = widths[-1]
         self.mid = nn.ModuleList(
             [
                 ResBlock(ch, ch, emb_ch, dropout, norm_groups),
@@ -128,15 +106,8 @@ class UNet(nn.Module):
             ]
         )
 
-        # Decoder: each block consumes one skip connection.
-        self.up = nn.ModuleList()
-        for i in reversed(range(levels)):
-            for _ in range(num_res_blocks + 1):
-                self.up.append(block(ch + skips.pop(), widths[i], resolutions[i]))
-                ch = widths[i]
-            if i > 0:
-                self.up.append(nn.ModuleList([Upsample(ch)]))
-
+        self.up = _decoder(widths, resolutions, num_res_blocks, skips, block)
+        ch = widths[0]
         self.norm_out = nn.GroupNorm(norm_groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
 
@@ -191,6 +162,65 @@ class UNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = run(layers, h, emb, context)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _check_layout(
+    resolutions: list[int],
+    widths: list[int],
+    norm_groups: int,
+    attn_resolutions: Sequence[int],
+    cross_attn_resolutions: Sequence[int],
+    reads_text: bool,
+) -> None:
+    """Refuse, naming the fix, attention at resolutions the UNet has not, cross-attention with
+    no text to attend to, and widths that GroupNorm cannot split."""
+    for name, chosen in (("attn", attn_resolutions), ("cross_attn", cross_attn_resolutions)):
+        if unknown := set(chosen) - set(resolutions):
+            raise ValueError(
+                f"{name}_resolutions {sorted(unknown)} not among the UNet's resolutions "
+                f"{resolutions}"
+            )
+    if cross_attn_resolutions and not reads_text:
+        raise ValueError(
+            "net.cross_attn_resolutions attend to text, but there is no text encoder: choose "
+            "one (text_encoder=tiny) or set net.cross_attn_resolutions=[]"
+        )
+    if bad := [w for w in widths if w % norm_groups]:
+        raise ValueError(f"channel widths {bad} are not divisible by norm_groups={norm_groups}")
+
+
+Block = Callable[[int, int, int], nn.ModuleList]  # (in width, out width, resolution) -> layers
+
+
+def _encoder(
+    widths: list[int], resolutions: list[int], num_res_blocks: int, block: Block
+) -> tuple[nn.ModuleList, list[int]]:
+    """The down path: `num_res_blocks` blocks per level, a Downsample between levels; and the
+    width of every skip connection it leaves for the decoder."""
+    down, skips, ch = nn.ModuleList(), [widths[0]], widths[0]
+    for i, (w, res) in enumerate(zip(widths, resolutions, strict=True)):
+        for _ in range(num_res_blocks):
+            down.append(block(ch, w, res))
+            ch = w
+            skips.append(ch)
+        if i < len(widths) - 1:
+            down.append(nn.ModuleList([Downsample(ch)]))
+            skips.append(ch)
+    return down, skips
+
+
+def _decoder(
+    widths: list[int], resolutions: list[int], num_res_blocks: int, skips: list[int], block: Block
+) -> nn.ModuleList:
+    """The up path: each block consumes one skip connection, an Upsample between levels."""
+    up, ch = nn.ModuleList(), widths[-1]
+    for i in reversed(range(len(widths))):
+        for _ in range(num_res_blocks + 1):
+            up.append(block(ch + skips.pop(), widths[i], resolutions[i]))
+            ch = widths[i]
+        if i > 0:
+            up.append(nn.ModuleList([Upsample(ch)]))
+    return up
 
 
 def _run(

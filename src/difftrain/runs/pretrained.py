@@ -16,7 +16,7 @@ from difftrain.data.transforms import to_uint8
 from difftrain.diffusion.denoiser import Denoiser, Ensemble
 from difftrain.diffusion.generate import Diffusion
 from difftrain.diffusion.samplers import Sampler
-from difftrain.runs.preflight import ConfigError
+from difftrain.errors import ConfigError
 
 EMA_PREFIX = "ema.module."
 

@@ -11,16 +11,25 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from difftrain.progress import quoted
-from difftrain.training.report import Summarizes
+from difftrain.console import quoted
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+
+
+@runtime_checkable
+class Summarizes(Protocol):
+    """A callback that adds to the run's summary: a nested dict, merged with the others'.
+
+    Under "health" go the entries of health.json; under "report" the lines of the end-of-run log.
+    """
+
+    def summary(self) -> dict[str, Any]: ...
 
 
 def write_summary(run_dir: str | Path, **fields: Any) -> Path:
@@ -157,7 +166,7 @@ class RunRecord:
         wandb_dir = self._finish_wandb(health)
         if error is None and _rank_zero():
             log.info("\n".join(self._report(minutes, steps, wandb_dir)))
-        elif self.status == "preempted" and _rank_zero():
+        elif self.status == "preempted":  # every process says where it stopped
             log.warning("%s (after %d steps of this run)", error, steps - self.start_step)
         return False
 

@@ -9,9 +9,12 @@ the same configs serve single runs.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from difftrain.errors import ConfigError
+from difftrain.runs.summary import read_summary, write_summary
+
+log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 FAILED = ("diverged", "failed")
 
@@ -114,14 +121,58 @@ def current_job(task_name: str | None = None) -> Job:
 
 def failure_rate(job: Job) -> float:
     """Share of the sweep's planned jobs whose summary.json says they diverged or failed."""
-    from difftrain.runs.summary import read_summary  # here: sampling starts without Lightning
-
     if job.sweep_dir is None:
         return 0.0
     failed = 0
     for path in job.sweep_dir.glob("*/summary.json"):
         failed += read_summary(path.parent).get("status") in FAILED
     return failed / max(job.planned_jobs or 1, 1)
+
+
+class SweepStopped(RuntimeError):
+    """More than `max_failure_rate` of a sweep's planned jobs failed or diverged."""
+
+
+def sweep_job(task: Callable[[DictConfig, Job], dict[str, float]]) -> Callable[[DictConfig], Any]:
+    """A training task as a sweep's job: returns `optimized_metric` (for Optuna).
+
+    In a multirun, a job that diverges (or ends with a non-finite metric), or fails (a value its
+    parts refuse, out of memory, ...), is recorded as such in summary.json and returns the worst
+    value, so the sweep goes on, until more than `max_failure_rate` of the sweep's planned jobs
+    have failed: then it raises and the sweep stops. A single run raises as it is.
+    """
+
+    @functools.wraps(task)
+    def job_of_sweep(cfg: DictConfig) -> float | None:
+        job = current_job(cfg.task_name)
+        try:
+            value = task(cfg, job).get(cfg.optimized_metric)
+        except Exception as e:
+            if job.sweep_dir is None:
+                raise
+            status = getattr(e, "run_status", "failed")  # TrainingDiverged's: diverged
+            if status == "failed" and read_summary(cfg.paths.output_dir).get("status") != status:
+                # it failed before its RunRecord began (a value the checks refuse): record it here
+                write_summary(cfg.paths.output_dir, status=status, name=job.name, group=job.group,
+                              swept=job.swept, error=f"{type(e).__name__}: {e}")  # fmt: skip
+            if failure_rate(job) > cfg.max_failure_rate:
+                raise
+            log.error(
+                "%s: %s (%s: %s); the sweep goes on, this job scores worst", job.name, status,
+                type(e).__name__, e, exc_info=status == "failed" and not isinstance(e, ConfigError),
+            )  # fmt: skip
+            return job.worst
+        if value is None:
+            log.warning(
+                "optimized_metric=%s was not logged; sweepers get nothing", cfg.optimized_metric
+            )
+        elif not math.isfinite(value) and job.sweep_dir is not None:
+            if failure_rate(job) > cfg.max_failure_rate:
+                raise SweepStopped(f"{cfg.optimized_metric} is {value} and too many jobs failed")
+            return job.worst
+        return value
+
+    return job_of_sweep
 
 
 def _resolve_job(key: str, *, _root_: DictConfig) -> Any:

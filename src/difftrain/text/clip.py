@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from difftrain.cache import filling
-from difftrain.progress import Progress
+from difftrain.console import Progress
+from difftrain.files import filling, load_cached, save_atomically
 from difftrain.text.tokenizer import PAD, WordTokenizer
-from difftrain.training.checkpoint_io import load_cached, save_atomically
 
 log = logging.getLogger(__name__)
 

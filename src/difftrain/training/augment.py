@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from difftrain.diffusion.loss import WHOLE, Share
+from difftrain.streams import WHOLE, Share
 
 LABEL_DIM = 7  # xflip, yflip, cos(rotation) - 1, sin(rotation), x and y translation, log2 scale
 

@@ -41,6 +41,15 @@ class ScheduleClock:
     rate: float = 0.0  # schedule steps per global step: the median of the last paces (none yet)
     paces: deque[float] = field(default_factory=lambda: deque(maxlen=5))
 
+    def start(self, trainer: L.Trainer) -> None:
+        """Read at the logging cadence; a time budget needs the steps it stretches."""
+        self.every = trainer.log_every_n_steps
+        if time_budget(trainer) is not None and self.horizon < 1:
+            raise ValueError(
+                "trainer.max_time needs trainer.max_steps >= 1: the steps the schedules are "
+                "written for, which the time budget stretches or shrinks"
+            )
+
     def read(self, trainer: L.Trainer) -> None:
         """Take a reading every `every` steps (the same steps on every process)."""
         timer, step = time_budget(trainer), trainer.global_step

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from difftrain.training.budget import go_to_step
+from difftrain.training.distributed import is_sharded
 
 # The config groups whose settings a resumed run takes from its config, not from the checkpoint.
 RETUNED_ON_RESUME = ("optimizer", "lr_scheduler")
@@ -99,3 +102,50 @@ def retune(
         changes.append("moments reset (another optimizer)")
     checkpoint["lr_schedulers"] = [] if scheduler is None else [scheduler.state_dict()]
     return changes
+
+
+def resume_with(
+    config: dict[str, Any], checkpoint: dict[str, Any], build: Callable[[], dict[str, Any]]
+) -> list[str]:
+    """A run resumed with other optimizer or LR-schedule settings (`config`, resolved) than its
+    checkpoint was trained with: `retune` the checkpoint to them, with the optimizer and schedule
+    that `build` makes (`configure_optimizers`); what changed, none for the same settings."""
+    saved = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
+    if not config or all(saved.get(k) == config.get(k) for k in RETUNED_ON_RESUME):
+        return []  # the same settings: the states resume as saved (exactly)
+    built = build()
+    same_kind = saved.get("optimizer", {}).get("_target_") == config["optimizer"]["_target_"]
+    scheduler = built.get("lr_scheduler", {}).get("scheduler")
+    return retune(checkpoint, built["optimizer"], scheduler, keep_moments=same_kind)
+
+
+def grad_norm(model: nn.Module, strategy: Any) -> Tensor:
+    """The gradient's norm () over every parameter of `model`, on the device (no host sync); with
+    sharded weights (FSDP) over every process's part."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    square = torch.stack(torch._foreach_norm(grads)).square().sum()
+    if is_sharded(strategy):  # each process holds a part of every gradient
+        square = strategy.reduce(square, reduce_op="sum")
+    return square.sqrt()
+
+
+def clip_gradients(
+    model: nn.Module, strategy: Any, norm: Tensor, value: float | None, algorithm: str | None
+) -> None:
+    """Clip by the `norm` already measured (`grad_norm`): no second pass over the gradients, and
+    no host sync; with sharded weights (FSDP), FSDP's clip over every part. Not Lightning's
+    clipping, which under bf16-mixed refuses fused optimizers although without loss scaling there
+    is nothing to unscale (fp16, which scales, is refused before the run starts)."""
+    if not value:
+        return
+    if is_sharded(strategy):
+        if algorithm not in (None, "norm"):
+            raise ValueError(f"trainer=fsdp clips by norm only, not {algorithm!r}")
+        strategy.model.clip_grad_norm_(value)
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if algorithm == "value":
+        torch._foreach_clamp_min_(grads, -value)
+        torch._foreach_clamp_max_(grads, value)
+    else:  # grad * min(1, max_norm / norm), as torch.nn.utils.clip_grad_norm_
+        torch._foreach_mul_(grads, (value / (norm + 1e-6)).clamp(max=1.0))

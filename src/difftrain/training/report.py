@@ -7,7 +7,8 @@ default callbacks do that only on logging steps (`StepReport.logs`, every
 
 Each training step, `DiffusionModule` returns a `StepReport` (as `outputs["report"]` of
 `on_train_batch_end`): callbacks read what happened from it and never from module attributes.
-At the end of a run, each callback that `Summarizes` contributes to the run's `summary.json`.
+At the end of a run, each callback that `runs.summary.Summarizes` contributes to the run's
+`summary.json`.
 """
 
 from __future__ import annotations
@@ -37,16 +38,6 @@ def logs_this_step(trainer: L.Trainer) -> bool:
     """Whether the loggers write the current training step: Lightning's own rule (every
     `log_every_n_steps`, and the last step), the same from the step's start to its end."""
     return trainer._logger_connector.should_update_logs
-
-
-@runtime_checkable
-class Summarizes(Protocol):
-    """A callback that adds to the run's summary: a nested dict, merged with the others'.
-
-    Under "health" go the entries of health.json; under "report" the lines of the end-of-run log.
-    """
-
-    def summary(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable

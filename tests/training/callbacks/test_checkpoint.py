@@ -47,7 +47,7 @@ def test_a_kill_before_the_first_validation_keeps_the_timed_last_checkpoint(tmp_
 
 @pytest.mark.parametrize("minutes", [0, -1])
 def test_timed_checkpoints_refuse_a_period_that_is_not_positive(make_cfg, minutes):
-    from difftrain.runs.preflight import ConfigError
+    from difftrain.errors import ConfigError
 
     cfg = make_cfg(*FAST, f"callbacks.model_checkpoint.last_every_minutes={minutes}")
     with pytest.raises(ConfigError, match="last_every_minutes"):

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from difftrain.progress import override, quoted
+from difftrain.console import override, quoted
 
 log = logging.getLogger(__name__)
 SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")  # schedulers, spot instances; Ctrl-C

@@ -1,5 +1,5 @@
-"""`Progress`: what long work is doing, as a line every few seconds, so that it never looks hung;
-and `quoted`, the paths it prints, ready to paste into a shell.
+"""What difftrain says on the console: `Progress` of long work, a line every few seconds so that
+it never looks hung, and paths and overrides `quoted` ready to paste into a shell.
 
 Imports the standard library only: data/, text/, evaluation/ and the CLIs all report with it.
 """
@@ -11,7 +11,7 @@ import shlex
 import time
 from pathlib import Path
 
-log = logging.getLogger("difftrain.progress")
+log = logging.getLogger("difftrain.console")
 
 
 def quoted(path: str | Path) -> str:

@@ -9,7 +9,7 @@ import time
 FILL = """
 import sys, time
 from pathlib import Path
-from difftrain.cache import filling
+from difftrain.files import filling
 path, log = Path(sys.argv[1]), Path(sys.argv[2])
 with filling(path):
     if not path.exists():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from difftrain.progress import Progress, duration
+from difftrain.console import Progress, duration
 
 
 def test_long_work_says_how_far_it_is_and_how_long_is_left(caplog):
-    caplog.set_level(logging.INFO, "difftrain.progress")
+    caplog.set_level(logging.INFO, "difftrain.console")
     progress = Progress("sampling", 100, "samples", every=0)  # every update is "a while" later
     for _ in range(4):
         progress.update(25)
@@ -20,7 +20,7 @@ def test_long_work_says_how_far_it_is_and_how_long_is_left(caplog):
 
 
 def test_quiet_work_that_ends_soon_says_nothing(caplog):
-    caplog.set_level(logging.INFO, "difftrain.progress")
+    caplog.set_level(logging.INFO, "difftrain.console")
     progress = Progress("features", 10, quiet=True)
     progress.update(10)
     progress.close()
@@ -37,7 +37,7 @@ def test_durations_read_as_a_person_would_say_them():
 
 
 def test_printed_paths_and_overrides_paste_back_into_a_shell():
-    from difftrain.progress import override, quoted
+    from difftrain.console import override, quoted
 
     assert quoted("/runs/a/last.ckpt") == "/runs/a/last.ckpt"
     assert quoted("/my runs/last.ckpt") == "'/my runs/last.ckpt'"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from difftrain.training.checkpoint_io import save_atomically
+from difftrain.files import save_atomically
 from difftrain.training.distributed import is_sharded
 from difftrain.training.ema import PowerDecay
 from difftrain.training.report import StepReport
