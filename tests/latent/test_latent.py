@@ -26,7 +26,7 @@ def tiny_autoencoder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ae") / "captioned.pt"
     cfg = compose_cfg(
         out.parent, "data.dataset.max_glyphs=200", "steps=30", f"out={out}", "channels=16",
-        "judge_min_accuracy=0", config_name="autoencoder_train",
+        "judge_min_accuracy=0", "floor=null", config_name="autoencoder_train",
     )  # fmt: skip
     result = train_autoencoder(cfg)
     assert out.is_file() and 0 < result["val_l1"] < 1 and result["scaling_factor"] > 0
@@ -35,6 +35,33 @@ def tiny_autoencoder(tmp_path_factory) -> Path:
     judged = {f"{kind}_{a}" for kind in ("judged", "judged_real") for a in JUDGED}
     assert judged <= result.keys() and all(0 <= result[k] <= 1 for k in judged)
     return out
+
+
+def test_an_autoencoder_below_the_floor_trains_on_then_fails_with_its_figures(tmp_path, caplog):
+    """A floor no reconstruction reaches (digit above 1.5 x the real images'): two more stretches
+    up to max_steps, then the file is saved, marked, and refused; loading it warns."""
+    import logging
+
+    from difftrain.cli.autoencoder import train_autoencoder
+    from difftrain.errors import ConfigError
+
+    out = tmp_path / "weak.pt"
+    cfg = compose_cfg(
+        tmp_path, "data.dataset.max_glyphs=200", "steps=10", "extra_steps=5", "max_steps=20",
+        f"out={out}", "channels=16", "judge_min_accuracy=0", "floor={digit: 1.5}",
+        config_name="autoencoder_train",
+    )  # fmt: skip
+    caplog.set_level(logging.INFO)
+    with pytest.raises(
+        ConfigError, match=r"still below the floor after 20 steps: digit .* of the real"
+    ):
+        train_autoencoder(cfg)
+    assert caplog.text.count("below the floor") >= 2  # after 10 and 15 steps it trained on
+    saved = torch.load(out, weights_only=True)
+    assert saved["steps"] == 20 and saved["below_floor"][0].startswith("digit")
+    caplog.clear()
+    TinyAutoencoder(str(out))
+    assert "below the floor (digit" in caplog.text
 
 
 def test_tiny_kl_maps_images_to_a_quarter_size_and_back():

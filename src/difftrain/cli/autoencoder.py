@@ -5,9 +5,12 @@
 Trains `TinyKL` (f=4) on the data's training images, reports the validation reconstruction
 error, measures the scaling factor (1 / the std of the latents, as Stable Diffusion's) and
 writes `out` (default autoencoders/<data>.pt), which `autoencoder=tiny autoencoder.path=...`
-reads. On captioned_digits it also reports what the latents keep of each prompted attribute:
-the alignment judge's accuracy on reconstructed validation images, the most a latent model's
-prompt alignment can reach (a small L1 error can still lose thin strokes' colour).
+reads. On captioned_digits it also checks what the latents keep of each prompted attribute:
+the alignment judge's accuracy on reconstructed validation images against its accuracy on the
+images themselves, the most a latent model's prompt alignment can reach (a small L1 error can
+still lose thin strokes' colour). Below `floor` after `steps`, it trains on in stretches of
+`extra_steps` up to `max_steps`; still below, it saves the autoencoder marked so and fails with
+the figures.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch.utils.data import DataLoader
 from difftrain.config import CONFIG_DIR
 from difftrain.console import Progress
 from difftrain.data.captioned import ATTRIBUTES, CaptionedImages
+from difftrain.errors import ConfigError
 from difftrain.evaluation.alignment import JUDGED, AttributeJudge
 from difftrain.files import save_atomically
 from difftrain.latent.autoencoders import TinyKL
@@ -36,48 +40,90 @@ log = logging.getLogger(__name__)
 
 
 def train_autoencoder(cfg: DictConfig) -> dict[str, float]:
-    """Train, measure and save; returns the validation L1 error and the scaling factor."""
+    """Train until the reconstructions pass the floor (or `max_steps`), measure and save; returns
+    the validation L1 error, the scaling factor and the judge's check. An autoencoder still below
+    the floor at `max_steps` is saved, marked so, and then refused with its figures (ConfigError)."""
     raise_problems(check_writable(out=Path(cfg.out).parent))
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     datamodule = instantiate(cfg.data, on_device=False)
     datamodule.setup("fit")
     loader = DataLoader(datamodule.train_set, cfg.batch_size, shuffle=True, drop_last=True)
-    net = TinyKL(datamodule.channels, cfg.channels, cfg.latent_channels).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.steps)
-    start = time.perf_counter()
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
-    progress = Progress("training the autoencoder", cfg.steps, "steps", quiet=True)
-    for step, (x, _) in zip(range(cfg.steps), batches, strict=False):
-        loss, rec, kl = net.loss(x.to(device), cfg.kl_weight)
+    net = TinyKL(datamodule.channels, cfg.channels, cfg.latent_channels).to(device)
+    start, done, stretch, lr = time.perf_counter(), 0, cfg.steps, cfg.lr
+    while True:  # a cosine stretch, then the check; more stretches at half the rate until it passes
+        _train(net, batches, stretch, lr, cfg.kl_weight, device, first=done)
+        done += stretch
+        check = judge_reconstructions(cfg, datamodule, net)
+        short = below_floor(check, cfg.get("floor"))
+        if not short or done >= cfg.max_steps:
+            break
+        stretch, lr = min(cfg.extra_steps, cfg.max_steps - done), lr / 2
+        log.info("after %d steps the reconstructions are below the floor (%s): %d more steps at "
+                 "lr %g", done, "; ".join(short), stretch, lr)  # fmt: skip
+    error, scale = _validate(net, datamodule, device)
+    config = {"in_channels": datamodule.channels, "channels": cfg.channels,
+              "latent_channels": cfg.latent_channels}  # fmt: skip
+    save_atomically({"config": config, "state_dict": net.cpu().state_dict(), "scaling_factor": scale,
+                     "val_l1": error, "steps": done, "check": check, "below_floor": short},
+                    cfg.out)  # fmt: skip
+    log.info(
+        "trained %d steps in %.1f min: validation L1 %.4f (images in [-1, 1]), scaling factor "
+        "%.3f -> %s (autoencoder=tiny autoencoder.path=%s)",
+        done, (time.perf_counter() - start) / 60, error, scale, cfg.out, cfg.out,
+    )  # fmt: skip
+    if short:
+        raise ConfigError(
+            f"the autoencoder's reconstructions are still below the floor after {done} steps: "
+            f"{'; '.join(short)}. It is written to {cfg.out}, marked so (latent runs on it warn). "
+            f"Fix: train longer (max_steps={2 * cfg.max_steps}), wider (channels="
+            f"{cfg.channels * 3 // 2}), or with another seed; or lower the floor (floor.<attribute>=...)"
+        )
+    return {"val_l1": error, "scaling_factor": scale, "steps": done, **check}
+
+
+def _train(
+    net: TinyKL, batches, steps: int, lr: float, kl_weight: float, device, first: int
+) -> None:
+    """`steps` Adam steps at `lr` with cosine decay, logging the losses every 250 steps."""
+    net.train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    progress = Progress("training the autoencoder", steps, "steps", quiet=True)
+    for step, (x, _) in zip(range(first, first + steps), batches, strict=False):
+        loss, rec, kl = net.loss(x.to(device), kl_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         progress.update()  # every 10 s: the steps done and the time left
-        if step % 250 == 0 or step == cfg.steps - 1:
+        if step % 250 == 0 or step == first + steps - 1:
             log.info("step %d: L1 %.4f, KL %.3f", step, rec.item(), kl.item())
     progress.close()
+
+
+@torch.no_grad()
+def _validate(net: TinyKL, datamodule, device) -> tuple[float, float]:
+    """The validation L1 error of the reconstructions, and the scaling factor 1 / the latents' std."""
     net.eval()
-    val = DataLoader(datamodule.val_set, 256)
-    with torch.no_grad():
-        errors, latents = [], []
-        for x, _ in val:
-            mean, _ = net.encode(x.to(device))
-            errors.append((net.decode(mean) - x.to(device)).abs().mean((1, 2, 3)))
-            latents.append(mean)
-    error, scale = torch.cat(errors).mean().item(), 1 / torch.cat(latents).std().item()
-    config = {"in_channels": datamodule.channels, "channels": cfg.channels,
-              "latent_channels": cfg.latent_channels}  # fmt: skip
-    save_atomically({"config": config, "state_dict": net.cpu().state_dict(), "scaling_factor": scale,
-                "val_l1": error, "steps": cfg.steps}, cfg.out)  # fmt: skip
-    log.info(
-        "trained %d steps in %.1f min: validation L1 %.4f (images in [-1, 1]), scaling factor "
-        "%.3f -> %s (autoencoder=tiny autoencoder.path=%s)",
-        cfg.steps, (time.perf_counter() - start) / 60, error, scale, cfg.out, cfg.out,
-    )  # fmt: skip
-    return {"val_l1": error, "scaling_factor": scale, **judge_reconstructions(cfg, datamodule, net)}
+    errors, latents = [], []
+    for x, _ in DataLoader(datamodule.val_set, 256):
+        mean, _ = net.encode(x.to(device))
+        errors.append((net.decode(mean) - x.to(device)).abs().mean((1, 2, 3)))
+        latents.append(mean)
+    return torch.cat(errors).mean().item(), 1 / torch.cat(latents).std().item()
+
+
+def below_floor(check: dict[str, float], floor: dict[str, float] | None) -> list[str]:
+    """The attributes whose reconstructions the judge reads worse than `floor` x the real
+    images, each as "digit 0.69 of the real 0.96 (< 0.9 x)"; none without a floor or a check."""
+    short = []
+    for attribute, share in (floor or {}).items():
+        rebuilt, real = check.get(f"judged_{attribute}"), check.get(f"judged_real_{attribute}")
+        if rebuilt is not None and real is not None and rebuilt < share * real:
+            short.append(f"{attribute} {rebuilt:.3f} of the real {real:.3f} (< {share} x)")
+    return short
 
 
 def judge_reconstructions(cfg: DictConfig, datamodule, net: TinyKL) -> dict[str, float]:
@@ -91,10 +137,11 @@ def judge_reconstructions(cfg: DictConfig, datamodule, net: TinyKL) -> dict[str,
     )
     images = val.images[: cfg.judge_images]
     asked = val.attributes[: len(images)][:, [ATTRIBUTES.index(a) for a in JUDGED]]
-    net = net.cpu()
+    net.eval()
+    device = next(net.parameters()).device
     with torch.no_grad():
         rebuilt = torch.cat([
-            datamodule.to_uint8(net.decode(net.encode(datamodule.normalize(x.float() / 255))[0]))
+            datamodule.to_uint8(net.decode(net.encode(datamodule.normalize(x.float() / 255).to(device))[0]).cpu())
             for x in images.split(256)
         ]).permute(0, 3, 1, 2)  # fmt: skip
     result = {}

@@ -1,10 +1,11 @@
-"""Prompt alignment on captioned_digits: does a sample show the digit and the colours it was asked for?
+"""Prompt alignment on captioned_digits: does a sample show what its prompt asked for?
 
 An attribute judge (one small classifier per judged attribute, trained on captioned_digits'
-training images and cached) predicts each sample's digit, foreground and background colour.
-Alignment accuracy is the share of samples whose predicted attributes match their prompt's: per
-attribute, for all three at once, and apart for prompts of held-out combinations (never seen in
-training). The judges' penultimate features, side by side, also give an FID against real images.
+training images and cached) predicts each sample's digit, foreground and background colour, size
+and position: every attribute a caption names. Alignment accuracy is the share of samples whose
+predicted attributes match their prompt's: per attribute, for all at once, and apart for prompts
+of held-out combinations (never seen in training). The digit and colour judges' penultimate
+features, side by side, also give an FID against real images.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from difftrain.data.datasets import TensorImages
 from difftrain.evaluation.classifier import Classifier, load_or_train_classifier
 
 log = logging.getLogger(__name__)
-JUDGED = ("digit", "foreground", "background")
+JUDGED = ("digit", "foreground", "background", "size", "position")
+FEATURED = ("digit", "foreground", "background")  # the FID's features (as before size and position)
 JUDGE_VERSION = 1  # part of the cache key: bump it when the judge or its training changes
 
 
@@ -51,7 +53,7 @@ class AttributeJudge:
         min_accuracy: float = 0.9,
     ) -> AttributeJudge:
         """The judge of these data (trained on first use on `images` training images at most,
-        `epochs` for the digit, one for each colour), refused when an attribute's validation
+        `epochs` for the digit, one for each other attribute), refused when an attribute's validation
         accuracy is under `min_accuracy`."""
         train = CaptionedImages(
             train.images[:images], train.labels[:images], train.captions[:images],
@@ -65,7 +67,7 @@ class AttributeJudge:
                 "train": TensorImages(train.images, train.attributes[:, column]),
                 "val": TensorImages(val.images, val.attributes[:, column]),
             }
-            rounds = epochs if attribute == "digit" else 1  # a colour is learnt in one epoch
+            rounds = epochs if attribute == "digit" else 1  # a colour, size or place: one epoch
             path, accuracy = load_or_train_classifier(
                 f"{key}-{rounds}ep-v{JUDGE_VERSION}-{attribute}", cache_dir, splits.__getitem__,
                 train.images.shape[1], len(CHOICES[attribute]), rounds, f"the {attribute} judge",
@@ -84,9 +86,9 @@ class AttributeJudge:
 
     @torch.no_grad()
     def features(self, images: Tensor, batch_size: int = 512) -> Tensor:
-        """uint8 images (N, C, H, W) -> every judge's penultimate features, concatenated (N, D)."""
+        """uint8 images (N, C, H, W) -> the digit and colour judges' penultimate features (N, D)."""
         return torch.cat([
-            torch.cat([self.classifiers[a](chunk)[0] for a in JUDGED], dim=1)
+            torch.cat([self.classifiers[a](chunk)[0] for a in FEATURED], dim=1)
             for chunk in images.split(batch_size)
         ])  # fmt: skip
 

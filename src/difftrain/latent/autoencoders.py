@@ -14,11 +14,14 @@ back. The diffusion model trains on the latents; samples are decoded for grids, 
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+log = logging.getLogger(__name__)
 
 
 class _Block(nn.Module):
@@ -101,6 +104,12 @@ class TinyAutoencoder(nn.Module):
         self.net.eval().requires_grad_(False)
         self.scaling_factor = float(saved["scaling_factor"])
         self.latent_channels, self.factor = self.net.latent_channels, TinyKL.factor
+        if short := saved.get("below_floor"):  # difftrain-autoencoder's check did not pass
+            log.warning(
+                "autoencoder %s: its reconstructions are below the floor (%s), which caps every "
+                "prompt's alignment below what the real images allow. Fix: train it on "
+                "(difftrain-autoencoder max_steps=...)", file, "; ".join(short),
+            )  # fmt: skip
         self.digest = hashlib.sha256(file.read_bytes()).hexdigest()[:16]
 
     def fingerprint(self) -> str:
