@@ -36,6 +36,15 @@ def test_ranking_puts_failed_runs_last_and_effects_rank_keys():
     assert effect["means"] == {"0.001": 0.6, "0.01": 0.3}
 
 
+def test_prompt_alignment_and_clip_score_rank_the_largest_first():
+    runs = [run("a", 1e-3, 0.5), run("b", 1e-2, 0.4), run("c", 1e-2, 0.3)]
+    for r, share in zip(runs, (0.2, 0.6, 0.4), strict=True):
+        r.metrics.update({"eval/align_heldout_digit": share, "eval/clip_score": share * 100})
+    assert [r.name for r in ranked(runs, "eval/align_heldout_digit")] == ["b", "c", "a"]
+    assert [r.name for r in ranked(runs, "eval/clip_score")] == ["b", "c", "a"]
+    assert [r.name for r in ranked(runs, "val/loss")] == ["c", "b", "a"]
+
+
 def test_compare_a_multirun_writes_table_plots_and_page(tiny_multirun, tmp_path, capsys):
     out = tmp_path / "cmp"
     main([str(tiny_multirun), "--out", str(out)])

@@ -25,11 +25,12 @@ def test_difftrain_sample_draws_a_prompt_and_a_prompt_file(tiny_text_run, tmp_pa
     text_run = tiny_text_run
     ckpt = text_run / "checkpoints" / "last.ckpt"
     out = tmp_path / "one.npz"
-    run_module("difftrain.cli.sample", f"ckpt={ckpt}", "prompt=a red seven on a gray background",
+    # as the README writes a prompt with a comma (the shell strips the outer quotes)
+    run_module("difftrain.cli.sample", f"ckpt={ckpt}", 'prompt="a red seven on a gray background, center"',
                "n=3", "guidance=3", f"out={out}", "+sampler.steps=2", cwd=tmp_path)  # fmt: skip
     drawn = np.load(out)
     assert drawn["images"].shape == (3, 32, 32, 3)
-    assert list(drawn["prompts"]) == ["a red seven on a gray background"] * 3
+    assert list(drawn["prompts"]) == ["a red seven on a gray background, center"] * 3
     file = tmp_path / "prompts.txt"
     file.write_text("a small blue three on a black background, top left\n\na large white one\n")
     out = tmp_path / "many.npz"

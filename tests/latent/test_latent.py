@@ -116,6 +116,25 @@ def test_a_latent_run_trains_on_cached_latents_and_decodes_its_samples(tiny_auto
     assert not any("autoencoder" in k for k in ckpt["state_dict"])  # rebuilt from the config
 
 
+def test_the_latent_cache_key_is_the_same_in_every_process():
+    """The key describes the dataset config without the function's address, which another
+    process has elsewhere: a later run finds the latents an earlier one encoded."""
+    from functools import partial
+
+    from difftrain.data.datamodule import described
+
+    def made():  # a new function object each call, at a new address, as in a new process
+        def captioned_digits(split, root):
+            return split, root
+
+        return captioned_digits
+
+    one, other = made(), made()
+    assert repr(one) != repr(other)
+    assert described(partial(one, root="data")) == described(partial(other, root="data"))
+    assert described(partial(one, root="data")) != described(partial(other, root="elsewhere"))
+
+
 def test_a_net_that_does_not_take_the_latents_is_refused_with_the_fix(tiny_autoencoder, tmp_path):
     with pytest.raises(ValueError, match="set net.in_channels=4 net.image_size=8"):
         latent_run(tmp_path, f"autoencoder.path={tiny_autoencoder}", "net.in_channels=3")

@@ -32,7 +32,17 @@ from rich.table import Table  # noqa: E402
 
 from difftrain.runs.read import HEALTH_KEYS, Run, load_runs, read_wandb_api
 
-HIGHER_IS_BETTER = ("precision", "recall", "class_entropy", "hq_share", "modes_captured", "isc")
+HIGHER_IS_BETTER = ("precision", "recall", "class_entropy", "hq_share", "modes_captured", "isc",
+                    "clip_score")  # fmt: skip
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of `metric` ranks first: these, and every prompt alignment share
+    (eval/align_*); losses, FIDs and the rest rank smallest first."""
+    name = metric.split("/")[-1]
+    return name in HIGHER_IS_BETTER or name.startswith("align_")
+
+
 IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "job_name")
 SKIPPED_METRICS = ("eval/num_modes", "eval/kid_std")
 
@@ -113,7 +123,7 @@ def choose_metric(runs: Sequence[Run], metric: str | None) -> str:
 
 def ranked(runs: Sequence[Run], metric: str) -> list[Run]:
     """Best first; runs without a finite value of the metric (failed, running) last."""
-    sign = -1 if metric.split("/")[-1] in HIGHER_IS_BETTER else 1
+    sign = -1 if higher_is_better(metric) else 1
 
     def key(run: Run) -> tuple[bool, float]:
         value = run.metrics.get(metric)

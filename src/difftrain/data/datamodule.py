@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +24,13 @@ from difftrain.files import filling, load_cached, save_atomically
 from difftrain.streams import Share
 
 log = logging.getLogger(__name__)
+
+
+def described(obj: object) -> str:
+    """`repr(obj)` without memory addresses ("<function f at 0x7f...>"), which differ in every
+    process: the same dataset config is described alike by every run, so a cache keyed by it
+    is found again."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
 
 
 class _Mapped(Dataset):
@@ -182,7 +190,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _latents(self, dataset: Dataset, split: str) -> Tensor:
         """The autoencoder's latents of every image of a split, from the cache where they are."""
-        key = f"{self.dataset!r}:{split}:{len(dataset)}:{self.sample_shape}:{self.value_range}"
+        key = f"{described(self.dataset)}:{split}:{len(dataset)}:{self.sample_shape}:{self.value_range}"
         key += f":{self.autoencoder.fingerprint()}"
         if self.latent_cache is None:
             return self._encode(dataset, split)

@@ -24,9 +24,10 @@ class Alignment(L.Callback):
     """After every `every_n_validations`-th validation, draws one sample for each of `num_seen`
     prompts of attribute combinations seen in training and `num_per_held_out` prompts of each
     held-out combination (the data's `held_out`), and logs the share whose digit, foreground and
-    background colour the attribute judge finds as asked: `eval/align_<attribute>`,
-    `eval/align_all` (all three), and `eval/align_heldout_*` for the held-out prompts. The same
-    samples give `eval/fid`: the FID of the judges' features against `num_reference` validation
+    background colour, size and position the attribute judge finds as asked:
+    `eval/align_<attribute>`, `eval/align_all` (all five), and `eval/align_heldout_*` for the
+    held-out prompts. The same samples give `eval/fid`: the FID of the digit and colour judges'
+    features against `num_reference` validation
     images (comparable between runs of the same data and prompt set, not with other FIDs). With
     `clip_score_model` (a folder or hub name of a CLIP model, vision and text), also
     `eval/clip_score`: torchmetrics' CLIPScore of the samples against their prompts.
