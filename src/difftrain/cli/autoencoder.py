@@ -18,12 +18,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from difftrain.config import CONFIG_DIR
@@ -52,10 +54,11 @@ def train_autoencoder(cfg: DictConfig) -> dict[str, float]:
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     net = TinyKL(datamodule.channels, cfg.channels, cfg.latent_channels).to(device)
     start, done, stretch, lr = time.perf_counter(), 0, cfg.steps, cfg.lr
+    judge = reconstruction_judge(cfg, datamodule)  # loaded once, the real images judged once
     while True:  # a cosine stretch, then the check; more stretches at half the rate until it passes
         _train(net, batches, stretch, lr, cfg.kl_weight, device, first=done)
         done += stretch
-        check = judge_reconstructions(cfg, datamodule, net)
+        check = judge(net) if judge is not None else {}
         short = below_floor(check, cfg.get("floor"))
         if not short or done >= cfg.max_steps:
             break
@@ -126,37 +129,48 @@ def below_floor(check: dict[str, float], floor: dict[str, float] | None) -> list
     return short
 
 
-def judge_reconstructions(cfg: DictConfig, datamodule, net: TinyKL) -> dict[str, float]:
-    """captioned_digits: the alignment judge's accuracy per attribute on the reconstructions of
-    `judge_images` validation images, and on the images themselves (`judged_real_*`)."""
+def reconstruction_judge(
+    cfg: DictConfig, datamodule
+) -> Callable[[TinyKL], dict[str, float]] | None:
+    """captioned_digits: a check of an autoencoder, the alignment judge's accuracy per attribute
+    on its reconstructions of `judge_images` validation images and on the images themselves
+    (`judged_real_*`, judged here once); None for other data or `judge_images=0`."""
     train, val = (s.dataset for s in (datamodule.train_set, datamodule.val_set))
     if not isinstance(train, CaptionedImages) or not cfg.judge_images:
-        return {}
+        return None
     judge = AttributeJudge.load_or_train(
         train, val, cfg.paths.cache_dir, min_accuracy=cfg.judge_min_accuracy
     )
     images = val.images[: cfg.judge_images]
     asked = val.attributes[: len(images)][:, [ATTRIBUTES.index(a) for a in JUDGED]]
-    net.eval()
-    device = next(net.parameters()).device
-    with torch.no_grad():
+
+    def scores(name: str, x: Tensor) -> dict[str, float]:
+        right = judge.predict(x) == asked
+        return {f"{name}_{a}": right[:, i].float().mean().item() for i, a in enumerate(JUDGED)}
+
+    real = scores("judged_real", images)
+
+    @torch.no_grad()
+    def check(net: TinyKL) -> dict[str, float]:
+        net.eval()
+        device = next(net.parameters()).device
         rebuilt = torch.cat([
             datamodule.to_uint8(net.decode(net.encode(datamodule.normalize(x.float() / 255).to(device))[0]).cpu())
             for x in images.split(256)
         ]).permute(0, 3, 1, 2)  # fmt: skip
-    result = {}
-    for name, x in (("judged", rebuilt), ("judged_real", images)):
-        right = judge.predict(x) == asked
-        result |= {f"{name}_{a}": right[:, i].float().mean().item() for i, a in enumerate(JUDGED)}
-    log.info(
-        "the alignment judge on %d reconstructed validation images (real images): %s -- the "
-        "most a latent model's prompt alignment can reach",
-        len(images),
-        ", ".join(
-            f"{a} {result[f'judged_{a}']:.3f} ({result[f'judged_real_{a}']:.3f})" for a in JUDGED
-        ),
-    )
-    return result
+        result = scores("judged", rebuilt) | real
+        log.info(
+            "the alignment judge on %d reconstructed validation images (real images): %s -- the "
+            "most a latent model's prompt alignment can reach",
+            len(images),
+            ", ".join(
+                f"{a} {result[f'judged_{a}']:.3f} ({result[f'judged_real_{a}']:.3f})"
+                for a in JUDGED
+            ),
+        )
+        return result
+
+    return check
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="autoencoder_train")
