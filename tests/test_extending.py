@@ -5,6 +5,7 @@ together by the unchanged difftrain."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,10 @@ class TinyConvNet(nn.Module):
 
     augment_dim = 0
 
-    def __init__(self, channels: int, image_size: int, width: int = 16, num_classes: int = 0):
+    def __init__(self, sample_shape: Sequence[int], width: int = 16, num_classes: int = 0):
         super().__init__()
-        self.sample_shape, self.num_classes = (channels, image_size, image_size), num_classes
+        self.sample_shape, self.num_classes = tuple(sample_shape), num_classes
+        channels = sample_shape[0]
         self.embed = nn.Linear(1, width)
         self.classes = nn.Embedding(num_classes + 1, width) if num_classes else None
         self.inp = nn.Conv2d(channels, width, 3, padding=1)
@@ -71,8 +73,8 @@ class TinyConvNet(nn.Module):
     def null_cond(self, cond):
         return null_class(cond, self.num_classes)
 
-    def check_image_size(self, size: int) -> None:
-        """Any size: it is fully convolutional."""
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Any image size: it is fully convolutional."""
 
 
 class X0Loss(nn.Module):
@@ -129,8 +131,7 @@ sigma_max: 80.0
 """,
     "net/tiny_conv.yaml": """
 _target_: tests.test_extending.TinyConvNet
-channels: ${data.channels}
-image_size: ${data.image_size}
+sample_shape: ${data.sample_shape}
 width: 16
 num_classes: 0
 """,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
 
@@ -31,6 +32,20 @@ def _caption_vocab(kind: str, root: str | None = None) -> ListConfig:
 
 
 OmegaConf.register_new_resolver("caption_vocab", _caption_vocab, replace=True)
+
+
+def _sample_resolution(sample_shape: ListConfig | None) -> float | None:
+    """The resolution a noise schedule's shift reads (`${sample_resolution:${data.sample_shape}}`):
+    the side of a square image with as many values per channel as one sample, sqrt(T H W) for
+    clips (C, T, H, W), H for images (C, H, H); None for samples without channels (points)."""
+    if sample_shape is None or len(sample_shape) < 3:
+        return None
+    values = math.prod(int(s) for s in sample_shape[1:])
+    side = math.isqrt(values)
+    return side if side * side == values else math.sqrt(values)
+
+
+OmegaConf.register_new_resolver("sample_resolution", _sample_resolution, replace=True)
 
 
 def config_dir() -> Path:

@@ -41,7 +41,7 @@ def images():
 def test_loss_is_finite_and_decreases(images, objective_name, schedule_name):
     torch.manual_seed(0)
     schedule, objective = SCHEDULES[schedule_name](), OBJECTIVES[objective_name]()
-    net = UNet(1, 8, channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4)
+    net = UNet((1, 8, 8), channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4)
     denoiser = Denoiser(net, objective)
     noise_levels = LogNormal() if schedule_name == "edm" else UniformT()
     loss_fn = DenoisingLoss(noise_levels, Uniform())

@@ -136,8 +136,11 @@ def test_the_latent_cache_key_is_the_same_in_every_process():
 
 
 def test_a_net_that_does_not_take_the_latents_is_refused_with_the_fix(tiny_autoencoder, tmp_path):
-    with pytest.raises(ValueError, match="set net.in_channels=4 net.image_size=8"):
-        latent_run(tmp_path, f"autoencoder.path={tiny_autoencoder}", "net.in_channels=3")
+    ae = f"autoencoder.path={tiny_autoencoder}"
+    with pytest.raises(ValueError, match=r"latents\): set data.sample_shape=\[4,8,8\]"):
+        latent_run(tmp_path, ae, "data.sample_shape=[3,8,8]")
+    with pytest.raises(ValueError, match=r"set data.sample_shape=\[4,8,8\]"):
+        latent_run(tmp_path, ae, "net.sample_shape=[3,8,8]")
 
 
 def test_sd_finetune_runs_at_tiny_size_with_random_vae_and_clip(tmp_path, clip_dir):
@@ -164,7 +167,7 @@ def test_sd_finetune_runs_at_tiny_size_with_random_vae_and_clip(tmp_path, clip_d
         tmp_path, "experiment=sd_finetune", f"data.dataset.root={images}", "data.image_size=16",
         "data.batch_size=4", "data.val_batch_size=4", "data.num_workers=0",
         "data.dataset.val_fraction=0.25", f"autoencoder.path={sd}", f"text_encoder.path={sd}",
-        "net.image_size=8", "net.channels=16", "net.head_channels=16", "net.norm_groups=4",
+        "data.sample_shape=[4,8,8]", "net.channels=16", "net.head_channels=16", "net.norm_groups=4",
         "net.channel_mult=[1,2]", "net.cross_attn_resolutions=[8,4]", "trainer=cpu",
         "trainer.max_steps=2", "trainer.val_check_interval=2", "sampler.steps=2", "logger=none",
         "~callbacks.progress_bar", "callbacks.sample_grid.num_samples=2",

@@ -17,7 +17,7 @@ def randomize(net):
 
 
 def test_it_starts_at_zero_and_keeps_the_shape():
-    net = DiT(3, 8, **TINY)
+    net = DiT((3, 8, 8), **TINY)
     x = torch.randn(2, 3, 8, 8)
     out = net(x, torch.randn(2))
     assert out.shape == x.shape and torch.count_nonzero(out) == 0  # adaLN-Zero
@@ -26,7 +26,7 @@ def test_it_starts_at_zero_and_keeps_the_shape():
 def test_patches_go_back_where_they_came_from():
     """With the blocks silenced, output = a per-patch linear map: it must not mix patches."""
     torch.manual_seed(0)
-    net = DiT(1, 8, **TINY)
+    net = DiT((1, 8, 8), **TINY)
     randomize(net)
     for block in net.blocks:
         torch.nn.init.zeros_(block.ada[1].weight)
@@ -41,7 +41,7 @@ def test_patches_go_back_where_they_came_from():
 def test_classes_and_prompts_condition_it():
     torch.manual_seed(0)
     encoder = TinyTextEncoder(["a", "red", "blue", "seven"], max_length=4, dim=8, heads=2)
-    net = DiT(3, 8, **TINY, num_classes=3, text_encoder=encoder)
+    net = DiT((3, 8, 8), **TINY, num_classes=3, text_encoder=encoder)
     randomize(net)
     x, c = torch.randn(2, 3, 8, 8), torch.randn(2)
     tokens = net.tokenizer.encode(["a red seven", "a blue seven"])
@@ -55,7 +55,7 @@ def test_classes_and_prompts_condition_it():
 
 def test_checkpointing_keeps_gradients():
     torch.manual_seed(0)
-    net = DiT(1, 8, **TINY)
+    net = DiT((1, 8, 8), **TINY)
     randomize(net)
     x, c = torch.randn(2, 1, 8, 8), torch.randn(2)
     grads = []
@@ -69,4 +69,4 @@ def test_checkpointing_keeps_gradients():
 
 def test_an_image_size_that_is_not_whole_patches_is_refused():
     with pytest.raises(ValueError, match="image size 9 is not a whole number of 2-pixel patches"):
-        DiT(1, 9, **TINY)
+        DiT((1, 9, 9), **TINY)

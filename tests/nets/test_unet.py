@@ -17,7 +17,7 @@ def randomize(net):
 
 
 def test_output_matches_input_shape_and_starts_at_zero():
-    net = UNet(3, 16, attn_resolutions=(8,), **TINY)
+    net = UNet((3, 16, 16), attn_resolutions=(8,), **TINY)
     x = torch.randn(2, 3, 16, 16)
     out = net(x, torch.randn(2))
     assert out.shape == x.shape
@@ -28,19 +28,19 @@ def test_image_size_that_cannot_be_halved_fails_with_the_sizes():
     with pytest.raises(
         ValueError, match=r"image size 28 cannot be halved 3 times .* divisible by 8 \(e\.g\. 32\)"
     ):
-        UNet(1, 28, channels=8, channel_mult=(1, 2, 2, 2), norm_groups=4)
+        UNet((1, 28, 28), channels=8, channel_mult=(1, 2, 2, 2), norm_groups=4)
 
 
 def test_unknown_attention_resolution_and_bad_groups_fail():
     with pytest.raises(ValueError, match="attn_resolutions"):
-        UNet(1, 16, attn_resolutions=(5,), **TINY)
+        UNet((1, 16, 16), attn_resolutions=(5,), **TINY)
     with pytest.raises(ValueError, match="norm_groups"):
-        UNet(1, 16, **{**TINY, "norm_groups": 3})
+        UNet((1, 16, 16), **{**TINY, "norm_groups": 3})
 
 
 def test_class_conditioning_changes_the_output_and_none_is_the_null_class():
     torch.manual_seed(0)
-    net = UNet(1, 8, num_classes=10, **TINY)
+    net = UNet((1, 8, 8), num_classes=10, **TINY)
     randomize(net)
     x, c = torch.randn(2, 1, 8, 8), torch.zeros(2)
     a, b = (
@@ -52,7 +52,7 @@ def test_class_conditioning_changes_the_output_and_none_is_the_null_class():
 
 
 def test_gradients_reach_every_parameter():
-    net = UNet(1, 16, attn_resolutions=(16, 8), num_classes=3, **TINY)
+    net = UNet((1, 16, 16), attn_resolutions=(16, 8), num_classes=3, **TINY)
     randomize(net)
     net(
         torch.randn(2, 1, 16, 16), torch.randn(2), class_labels=torch.tensor([0, 1])
@@ -65,12 +65,15 @@ def test_every_net_keeps_the_net_protocol():
     from difftrain.nets.mlp import MLP
     from difftrain.nets.protocol import Net
 
-    for net in (UNet(1, 16, channels=8, channel_mult=(1, 2), norm_groups=4, num_classes=3), MLP()):
+    for net in (
+        UNet((1, 16, 16), channels=8, channel_mult=(1, 2), norm_groups=4, num_classes=3),
+        MLP(),
+    ):
         assert isinstance(net, Net)
         x = torch.randn(2, *net.sample_shape)
         assert net(x, torch.zeros(2)).shape == x.shape
     cond = {"class_labels": torch.tensor([0, 2])}
-    unet = UNet(1, 16, channels=8, channel_mult=(1, 2), norm_groups=4, num_classes=3)
+    unet = UNet((1, 16, 16), channels=8, channel_mult=(1, 2), norm_groups=4, num_classes=3)
     assert unet.null_cond(cond)["class_labels"].tolist() == [3, 3]
 
 
@@ -90,7 +93,7 @@ def saved_bytes(net, x, sigma):
 
 def test_activation_checkpointing_keeps_gradients_and_saves_memory():
     torch.manual_seed(0)
-    net = UNet(1, 16, attn_resolutions=(8,), **{**TINY, "num_res_blocks": 2}, dropout=0.1)
+    net = UNet((1, 16, 16), attn_resolutions=(8,), **{**TINY, "num_res_blocks": 2}, dropout=0.1)
     randomize(net)
     x, sigma = torch.randn(4, 1, 16, 16), torch.rand(4)
     grads, saved = [], []
@@ -115,7 +118,7 @@ def text_unet():
     from difftrain.text.encoders import TinyTextEncoder
 
     encoder = TinyTextEncoder(["a", "red", "blue", "seven", "three"], max_length=4, dim=8, heads=2)
-    return UNet(3, 16, **TINY, text_encoder=encoder, cross_attn_resolutions=(8,))
+    return UNet((3, 16, 16), **TINY, text_encoder=encoder, cross_attn_resolutions=(8,))
 
 
 def test_a_text_net_follows_its_prompt_and_no_prompt_is_the_empty_caption():
@@ -133,4 +136,4 @@ def test_a_text_net_follows_its_prompt_and_no_prompt_is_the_empty_caption():
 
 def test_cross_attention_without_a_text_encoder_is_refused():
     with pytest.raises(ValueError, match="no text encoder: choose one \\(text_encoder=tiny\\)"):
-        UNet(3, 16, **TINY, cross_attn_resolutions=(8,))
+        UNet((3, 16, 16), **TINY, cross_attn_resolutions=(8,))

@@ -36,7 +36,7 @@ def test_warmup_inverse_sqrt_is_edm2s():
 
 def test_weight_decay_skips_norms_biases_and_embeddings():
     net = UNet(
-        1, 8, channels=8, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, num_classes=3
+        (1, 8, 8), channels=8, channel_mult=(1, 2), num_res_blocks=1, norm_groups=4, num_classes=3
     )
     decay, no_decay = parameter_groups(net)
     assert no_decay["weight_decay"] == 0.0 and "weight_decay" not in decay

@@ -157,7 +157,7 @@ def reconstruction_judge(
         rebuilt = torch.cat([
             datamodule.to_uint8(net.decode(net.encode(datamodule.normalize(x.float() / 255).to(device))[0]).cpu())
             for x in images.split(256)
-        ]).permute(0, 3, 1, 2)  # fmt: skip
+        ])  # fmt: skip
         result = scores("judged", rebuilt) | real
         log.info(
             "the alignment judge on %d reconstructed validation images (real images): %s -- the "

@@ -24,6 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from difftrain.cli.sample import check_arguments, draw, sampler_config
 from difftrain.config import CONFIG_DIR
 from difftrain.console import quoted
+from difftrain.data.media import Images, media_of
+from difftrain.errors import ConfigError
 from difftrain.runs.preflight import exit_on_bad_input
 from difftrain.runs.pretrained import TrainedModel, load_models
 from difftrain.runtime import resolve_device
@@ -47,20 +49,29 @@ def _generate(cfg: DictConfig, model: TrainedModel) -> tuple[torch.Tensor, dict]
         "guide": cfg.get("guide"),
         "sampling_images_per_sec": cfg.n / seconds,
     }
-    return uint8.permute(0, 3, 1, 2), info
+    return model.media.from_stored(uint8), info
 
 
-def _load_samples(path: str, n: int | None) -> torch.Tensor:
-    """uint8 (N, C, H, W) from an npz with `images` (N, H, W, C), as difftrain-sample writes."""
+def _load_samples(path: str, n: int | None, media: Images) -> torch.Tensor:
+    """uint8 samples, channels first, from an npz as difftrain-sample writes it: `images`
+    (N, H, W, C), or for video data `videos` (N, T, H, W, C)."""
     with np.load(path) as data:
-        if "images" not in data:
-            raise KeyError(f"{path} has no 'images' array (keys: {list(data)})")
-        images = torch.from_numpy(data["images"])
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(
-            f"{path}: expected uint8 images (N, H, W, C), got {images.dtype} {tuple(images.shape)}"
-        )
-    return images[:n].permute(0, 3, 1, 2)
+        if media.key not in data:
+            raise KeyError(f"{path} has no {media.key!r} array (keys: {list(data)})")
+        stored = torch.from_numpy(data[media.key])
+    try:
+        media.check_stored(stored)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return media.from_stored(stored[:n])
+
+
+def check_evaluator(evaluator: DictConfig, media: Images) -> None:
+    """Refuse an image evaluator for clips (and the clip evaluator for images), naming the fix."""
+    for_clips = evaluator.get("_target_", "").endswith("VideoEvaluator")
+    if media.key != "points" and (media.key == "videos") != for_clips:
+        fix = "evaluator=video" if media.key == "videos" else "evaluator=classifier or inception"
+        raise ConfigError(f"the data are {media.key}, which this evaluator does not score: {fix}")
 
 
 # What the scores depend on besides the samples: the extractor and the reference set.
@@ -108,13 +119,15 @@ def evaluate(cfg: DictConfig) -> dict:
             ", ".join(f"{key} {ours!r} here" for key, ours, _ in differ),
             " ".join(f"evaluator.{key}={theirs}" for key, _, theirs in differ),
         )
+    media = model.media if model is not None else media_of(cfg.data)
+    check_evaluator(cfg.evaluator, media)
     # The extractor and the reference first: a missing weight file fails before any sampling.
     evaluator = instantiate(cfg.evaluator)
     evaluator.setup(device)
     if model is not None:
         images, info = _generate(cfg, model)
     else:
-        images, info = _load_samples(cfg.samples, cfg.n), {"samples": str(cfg.samples)}
+        images, info = _load_samples(cfg.samples, cfg.n, media), {"samples": str(cfg.samples)}
     start = time.perf_counter()
     results = evaluator(images, seed=cfg.seed)
     info["feature_images_per_sec"] = len(images) / (time.perf_counter() - start)

@@ -1,5 +1,5 @@
-"""difftrain-sample: draw images (or toy2d points) from a checkpoint's EMA weights into an npz,
-with a PNG grid (or scatter plot) beside it.
+"""difftrain-sample: draw images, clips or toy2d points from a checkpoint's EMA weights into an
+npz, with a preview beside it (a PNG grid, an animated GIF grid, a scatter plot).
 
 difftrain-sample ckpt=logs/train/runs/<run>/checkpoints/last.ckpt n=1000 out=samples.npz
 difftrain-sample ckpt=... sampler=ddim sampler.steps=20 seed=1
@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from difftrain.config import CONFIG_DIR
 from difftrain.console import Progress, quoted
-from difftrain.data.images import SampleWriter, save_grid
+from difftrain.data.images import SampleWriter
+from difftrain.data.media import Images
 from difftrain.diffusion.generate import class_labels
 from difftrain.diffusion.samplers import Sampler
 from difftrain.errors import ConfigError
@@ -33,7 +34,9 @@ def sample(cfg: DictConfig) -> Path:
 
     format=npz: uint8 (N, H, W, C) under `images` (and nfe, seed, step, labels); format=png: a
     folder of 000000.png, 000001.png, ... for external evaluators (ADM's evaluator, clean-fid).
-    Low-dimensional (toy2d) checkpoints: float points (N, D) under `points`, a scatter plot beside.
+    Video checkpoints: uint8 clips (N, T, H, W, C) under `videos`, an animated grid (.gif) and a
+    strip of frames (.png) beside. Low-dimensional (toy2d) checkpoints: float points (N, D) under
+    `points`, a scatter plot beside.
     Sampling stopped (SIGTERM, Ctrl-C) or failed part-way leaves the samples drawn so far.
     """
     check_arguments(
@@ -43,40 +46,35 @@ def sample(cfg: DictConfig) -> Path:
     model = load_models(cfg.ckpt, resolve_device(cfg.device))
     if prompts is not None:
         check_prompts(model, prompts)
-    points = len(model.shape) == 1
-    if points and cfg.format != "npz":
+    media = model.media
+    if cfg.format not in media.formats:
         raise ConfigError(
-            f"format={cfg.format} is for images; this checkpoint draws points: use format=npz"
+            f"format={cfg.format} cannot hold {media.key}, which this checkpoint draws: use "
+            f"format={media.formats[0]}"
         )
-    batches, sampler, labels = draw_batches(
-        cfg, model, cfg.class_labels, images=not points, prompts=prompts
-    )
+    batches, sampler, labels = draw_batches(cfg, model, cfg.class_labels, prompts=prompts)
     per_sample = {} if labels is None else {"labels": labels.numpy()}
     if prompts:
         per_sample["prompts"] = np.array([prompts[i % len(prompts)] for i in range(cfg.n)])
-    writer = open_writer(cfg, "points" if points else "images", per_sample)
+    writer = open_writer(cfg, media, per_sample)
     writer.extra.update(seed=np.array(cfg.seed), step=np.array(model.global_step))
     nfe = keep_drawing(writer, batches, cfg.n)
     out = writer.write()
-    what = "points" if points else "samples"
-    if points:
-        data = instantiate(model.config.data)
-        data.setup("fit")
-        beside = "a scatter plot", data.save_samples(writer.samples(), out.with_suffix(".png"))
-    else:
-        beside = "a grid", save_grid(writer.head(cfg.grid_size), Path(cfg.out).with_suffix(".png"))
+    preview = media.preview(
+        writer.head(media.preview_size(cfg.grid_size)), Path(cfg.out).with_suffix(".png")
+    )
     print(
-        f"wrote {cfg.n} {what} ({sampler.steps} steps, NFE {nfe}) to {quoted(out)} and "
-        f"{beside[0]} to {quoted(beside[1])}"
+        f"wrote {cfg.n} {media.key} ({sampler.steps} steps, NFE {nfe}) to {quoted(out)} and "
+        f"a preview to {quoted(preview)}"
     )
     return out
 
 
-def open_writer(cfg: DictConfig, key: str, per_sample: dict[str, np.ndarray]) -> SampleWriter:
+def open_writer(cfg: DictConfig, media: Images, per_sample: dict[str, np.ndarray]) -> SampleWriter:
     """The writer of cfg.out, created now: an output that cannot be written fails here, before
     any sampling, with the reason."""
     try:
-        return SampleWriter(cfg.out, cfg.format, key, per_sample, head=cfg.grid_size)
+        return SampleWriter(cfg.out, cfg.format, media, per_sample, head=cfg.grid_size)
     except OSError as e:
         raise ConfigError(
             f"out={cfg.out}: cannot write there ({e.strerror or e}). Fix: out=<a path you can write>"
@@ -196,13 +194,13 @@ def draw_batches(
     cfg: DictConfig,
     model: TrainedModel,
     requested_labels: Sequence[int] | None,
-    images: bool = True,
     prompts: Sequence[str] | None = None,
 ) -> tuple[Iterator[tuple[torch.Tensor, int]], Sampler, torch.Tensor | None]:
     """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance (by
     cfg.guide's checkpoint where there is one), a batch at a time as they are drawn (with
-    progress): uint8 images (B, H, W, C), or with images=False model-space samples (B, *shape),
-    each with the NFE; also the sampler and the class labels of all n."""
+    progress), as files store them (`model.media.stored`: uint8 images (B, H, W, C), clips
+    (B, T, H, W, C), points (B, D)), each with the NFE; also the sampler and the class labels
+    of all n."""
     sampler = instantiate(sampler_config(cfg, model))
     guide = load_guide(cfg.guide, model) if cfg.get("guide") else None
     try:
@@ -210,7 +208,7 @@ def draw_batches(
     except ValueError as e:  # the arguments' fault: a message, not a traceback
         raise ConfigError(str(e)) from None
     batches = model.batches(
-        cfg.n, sampler, images=images, seed=cfg.seed, batch_size=cfg.batch_size,
+        cfg.n, sampler, seed=cfg.seed, batch_size=cfg.batch_size,
         labels=requested_labels, prompts=prompts, guidance=cfg.guidance, guide=guide,
     )  # fmt: skip
     prior = model.diffusion.class_prior
@@ -233,11 +231,10 @@ def draw(
     cfg: DictConfig,
     model: TrainedModel,
     requested_labels: Sequence[int] | None,
-    images: bool = True,
     prompts: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, int, Sampler, torch.Tensor | None]:
     """`draw_batches`'s samples all at once: (N, ...), the NFE, the sampler and the labels."""
-    batches, sampler, labels = draw_batches(cfg, model, requested_labels, images, prompts)
+    batches, sampler, labels = draw_batches(cfg, model, requested_labels, prompts)
     drawn = list(batches)
     return torch.cat([x for x, _ in drawn]), drawn[-1][1], sampler, labels
 

@@ -152,7 +152,7 @@ class CaptionedImages(TensorImages):
         return self.images[i].float() / 255, self.labels[i]
 
 
-def _glyphs(split: str, root: str | None) -> tuple[Tensor, Tensor]:
+def load_glyphs(split: str, root: str | None) -> tuple[Tensor, Tensor]:
     """Grey glyphs (N, 1, h, w) uint8 and digit labels: MNIST under root when there, else
     scikit-learn's digits."""
     if root:
@@ -162,7 +162,7 @@ def _glyphs(split: str, root: str | None) -> tuple[Tensor, Tensor]:
             ds = mnist(split, root, image_size=28)
             return ds.images, ds.labels
         except ConfigError:  # not found or incomplete there
-            log.warning("MNIST is not under %s: captioned_digits uses scikit-learn's digits", root)
+            log.warning("MNIST is not under %s: the glyphs are scikit-learn's digits", root)
     ds = digits(split, image_size=16)
     return ds.images, ds.labels
 
@@ -181,7 +181,7 @@ def captioned_digits(
     split), none of them a `held_out` combination in "train" (all of them are kept in "val")."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
-    glyphs, labels = _glyphs(split, root)
+    glyphs, labels = load_glyphs(split, root)
     if max_glyphs is not None:
         glyphs, labels = glyphs[:max_glyphs], labels[:max_glyphs]
     generator = torch.Generator().manual_seed(seed * 2 + SPLITS.index(split))

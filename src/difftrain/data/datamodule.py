@@ -10,7 +10,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -18,8 +17,7 @@ from torchvision.transforms import v2
 
 from difftrain.console import Progress
 from difftrain.data.device import DeviceBatches, augment_batch, device_batches
-from difftrain.data.images import save_grid
-from difftrain.data.transforms import to_model_range, to_uint8
+from difftrain.data.media import Images
 from difftrain.files import filling, load_cached, save_atomically
 from difftrain.streams import Share
 
@@ -79,6 +77,8 @@ class ImageDataModule(L.LightningDataModule):
         channels: int,
         num_classes: int,
         value_range: Sequence[float] = (-1.0, 1.0),
+        sample_shape: Sequence[int] | None = None,
+        media: Images | None = None,
         hflip: bool = False,
         translate: float = 0.0,
         batch_size: int = 128,
@@ -106,6 +106,8 @@ class ImageDataModule(L.LightningDataModule):
             num_workers,
         )
         self.hflip, self.translate, self.on_device, self.seed = hflip, translate, on_device, seed
+        self.media = media or Images(value_range)
+        self.declared_shape = None if sample_shape is None else tuple(sample_shape)
         augment = [v2.RandomHorizontalFlip()] if hflip else []
         if translate > 0:
             augment.append(v2.RandomAffine(degrees=0.0, translate=(translate, translate)))
@@ -122,11 +124,11 @@ class ImageDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if self.train_resolution and trainer is not None and trainer.training:
             x, labels = batch
-            batch = [F.interpolate(x, size=self.train_resolution, mode="area"), labels]
+            batch = [self.media.resize(x, self.train_resolution), labels]
         return batch
 
     def normalize(self, x: Tensor) -> Tensor:
-        return to_model_range(x, self.value_range)
+        return self.media.normalize(x)
 
     def _train_transform(self, x: Tensor) -> Tensor:
         return self.normalize(self.augment(x))
@@ -149,8 +151,8 @@ class ImageDataModule(L.LightningDataModule):
         return torch.stack([self.normalize(images[i][0]) for i in range(min(n, len(images)))])
 
     def to_uint8(self, x: Tensor) -> Tensor:
-        """The exact inverse of `normalize`, to uint8 (B, H, W, C)."""
-        return to_uint8(x, self.value_range)
+        """The exact inverse of `normalize`, to uint8 in the same layout (B, C, H, W)."""
+        return self.media.to_uint8(x)
 
     def prompts(self, n: int) -> list[str] | None:
         """The first n captions of the validation set (cycled), for a captioned dataset; else None."""
@@ -165,12 +167,13 @@ class ImageDataModule(L.LightningDataModule):
         return torch.cat([torch.as_tensor(s.labels) for s in sets])
 
     def save_samples(self, samples: Tensor, path: str | Path) -> Path:
-        """A PNG grid of model-range images (B, C, H, W)."""
-        return save_grid(self.to_uint8(samples), path)
+        """The media's preview of model-range samples: a PNG grid of images."""
+        return self.media.preview(self.media.stored(samples), path)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self._check_shape()
         train, val = self.dataset("train"), self.dataset("val")
         self._check(train)
         if self.autoencoder is not None:
@@ -181,10 +184,15 @@ class ImageDataModule(L.LightningDataModule):
         self.val_set = _Mapped(val, self.normalize)
 
     @property
+    def data_shape(self) -> tuple[int, ...]:
+        """What the dataset yields per example: an image (C, S, S)."""
+        return (self.channels, self.image_size, self.image_size)
+
+    @property
     def sample_shape(self) -> tuple[int, ...]:
-        """What a training batch holds per example: an image, or its latent."""
+        """What a training batch holds per example: the data's, or its latent."""
         if self.autoencoder is None:
-            return (self.channels, self.image_size, self.image_size)
+            return self.data_shape
         size = self.image_size // self.autoencoder.factor
         return (self.autoencoder.latent_channels, size, size)
 
@@ -216,13 +224,22 @@ class ImageDataModule(L.LightningDataModule):
         progress.close()
         return torch.cat(latents)
 
+    def _check_shape(self) -> None:
+        """Refuse a `sample_shape` (what the net is told it takes) other than what is served."""
+        if self.declared_shape is not None and self.declared_shape != self.sample_shape:
+            shape = ",".join(map(str, self.sample_shape))
+            latents = " (the autoencoder's latents)" if self.autoencoder is not None else ""
+            raise ValueError(
+                f"data.sample_shape={list(self.declared_shape)}, but the data serves samples of "
+                f"shape {list(self.sample_shape)}{latents}: set data.sample_shape=[{shape}]"
+            )
+
     def _check(self, dataset: Dataset) -> None:
         x, y = dataset[0]
-        expected = (self.channels, self.image_size, self.image_size)
-        if tuple(x.shape) != expected:
+        if tuple(x.shape) != self.data_shape:
             raise ValueError(
-                f"dataset yields images of shape {tuple(x.shape)} but data.channels/data.image_size "
-                f"say {expected}: make them agree"
+                f"dataset yields samples of shape {tuple(x.shape)} but data.channels/data.image_size "
+                f"say {self.data_shape}: make them agree"
             )
         labels = getattr(dataset, "labels", None)
         top = int(torch.as_tensor(labels).max()) if labels is not None and len(labels) else y

@@ -14,13 +14,17 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 
+def grid_array(images: Tensor, nrow: int) -> np.ndarray:
+    """uint8 images (B, H, W, C) tiled nrow per row, 2 px apart: (H', W', C)."""
+    grid = make_grid(images.permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=0)
+    return grid.permute(1, 2, 0).numpy()
+
+
 def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save uint8 images (B, H, W, C) as one PNG grid, nrow images per row (default: square)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nrow = nrow or math.ceil(math.sqrt(len(images)))
-    grid = make_grid(images.permute(0, 3, 1, 2), nrow=nrow, padding=2, pad_value=0)
-    array = grid.permute(1, 2, 0).numpy()
+    array = grid_array(images, nrow or math.ceil(math.sqrt(len(images))))
     Image.fromarray(array[..., 0] if images.shape[-1] == 1 else array).save(path)
     return path
 
@@ -29,7 +33,7 @@ class SampleWriter:
     """Writes a set of samples as it is drawn, so that sampling stopped or failed part-way leaves
     the samples drawn so far.
 
-    format npz: one archive with the samples under `key` and the `extra` arrays (those in
+    format npz: one archive with the samples under `media.key` and the `extra` arrays (those in
     `per_sample`, one entry per sample, cut to the samples written), written whole to a temporary
     file renamed into place at the end, every `every` seconds, and by `write` after a stop. format
     png: a folder of 000000.png, 000001.png, ..., a batch at a time. The output is created when the
@@ -39,13 +43,13 @@ class SampleWriter:
     def __init__(
         self,
         out: str | Path,
-        format: str = "npz",
-        key: str = "images",
+        format: str,
+        media: object,  # data.media.Images | Videos | Points: the key and layout of the samples
         per_sample: dict[str, np.ndarray] | None = None,
         head: int = 64,
         every: float = 300.0,
     ):
-        self.out, self.format, self.key, self.every = Path(out), format, key, every
+        self.out, self.format, self.media, self.every = Path(out), format, media, every
         self.per_sample, self.extra = dict(per_sample or {}), {}
         self.parts: list[Tensor] = []  # npz: every batch; png: the first `head` samples (a grid)
         self.count, self.head_size = 0, head
@@ -58,11 +62,9 @@ class SampleWriter:
         self.written = time.monotonic()
 
     def add(self, batch: Tensor) -> None:
-        """Keep a batch: uint8 images (B, H, W, C) (key images), or any samples (B, ...)."""
-        if self.key == "images" and (batch.dtype != torch.uint8 or batch.ndim != 4):
-            raise ValueError(
-                f"expected uint8 images (B, H, W, C), got {batch.dtype} {tuple(batch.shape)}"
-            )
+        """Keep a batch of samples in the media's stored layout (`data.media`: uint8 images
+        (B, H, W, C), clips (B, T, H, W, C), float points (B, D))."""
+        self.media.check_stored(batch)
         if self.format == "png":
             save_pngs(batch, self.out, self.count)
         if self.format == "npz" or self.count < self.head_size:
@@ -85,7 +87,7 @@ class SampleWriter:
             return self.out
         per_sample = {k: v[: self.count] for k, v in self.per_sample.items()}
         with open(self.tmp, "wb") as f:
-            np.savez(f, **{self.key: self.samples().numpy()}, **self.extra, **per_sample)
+            np.savez(f, **{self.media.key: self.samples().numpy()}, **self.extra, **per_sample)
         os.replace(self.tmp, self.out)
         self.written = time.monotonic()
         return self.out

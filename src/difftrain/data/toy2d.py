@@ -6,15 +6,12 @@ import math
 from pathlib import Path
 
 import lightning as L
-import matplotlib
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-
-from difftrain.data.device import DeviceBatches, device_batches  # noqa: E402
+from difftrain.data.device import DeviceBatches, device_batches
+from difftrain.data.media import Points
 
 KINDS = ("ring", "grid", "swiss_roll")
 
@@ -72,6 +69,7 @@ class Toy2DDataModule(L.LightningDataModule):
         batch_size: int = 256,
         val_batch_size: int = 1000,
         seed: int = 0,
+        media: Points | None = None,
     ):
         super().__init__()
         if kind not in KINDS:
@@ -80,6 +78,7 @@ class Toy2DDataModule(L.LightningDataModule):
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.centers = toy_centers(kind, num_modes, scale)
+        self.media = media or Points()
 
     def setup(self, stage: str | None = None) -> None:
         args = (self.num_modes, self.scale, self.std)
@@ -100,20 +99,8 @@ class Toy2DDataModule(L.LightningDataModule):
 
     def save_samples(self, samples: Tensor, path: str | Path) -> Path:
         """A scatter plot of samples (N, 2) over the training data."""
-        path = Path(path).with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = self.train_set.tensors[0][:5000] if hasattr(self, "train_set") else self.centers
-        fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-        ax.scatter(data[:, 0], data[:, 1], s=2, c="lightgray", label="data")
-        ax.scatter(samples[:, 0].cpu(), samples[:, 1].cpu(), s=2, c="tab:blue", label="samples")
-        lim = 1.5 * self.scale
-        ax.set(
-            xlim=(-lim, lim),
-            ylim=(-lim, lim),
-            aspect="equal",
-            title=f"{self.kind}: {len(samples)} samples",
+        title = f"{self.kind}: {len(samples)} samples"
+        return self.media.preview(
+            self.media.stored(samples), path, background=data, title=title, limit=1.5 * self.scale
         )
-        ax.legend(loc="upper right", markerscale=4)
-        fig.savefig(path, bbox_inches="tight")
-        plt.close(fig)
-        return path

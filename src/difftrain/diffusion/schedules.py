@@ -7,7 +7,9 @@ sample x0 + sigma eps with sigma^2 = (1 - alpha_bar) / alpha_bar = exp(-log_snr)
 
 Every schedule takes `base_resolution` and `resolution`: with base_resolution set, log-SNR is
 shifted by 2 log(base_resolution / resolution) (Hoogeboom et al. 2023, "simple diffusion", Sec. 3.1), so a
-schedule tuned at one resolution keeps its signal-to-noise profile at another.
+schedule tuned at one resolution keeps its signal-to-noise profile at another. The configs set
+`resolution` from the number of values per sample (the side of a square image with as many per
+channel: sqrt(T H W) for clips), so the shift is log(base values / values) for any media.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import Tensor
 MIN_ALPHA_BAR = 2.0**-24
 
 
-def resolution_shift(base_resolution: int | None, resolution: int | None) -> float:
+def resolution_shift(base_resolution: float | None, resolution: float | None) -> float:
     """The log-SNR shift 2 log(base_resolution / resolution); 0 when base_resolution is None."""
     if base_resolution is None:
         return 0.0

@@ -186,7 +186,7 @@ class Evaluator:
 
     def features(self, samples: Tensor, datamodule: object) -> FeatureSet:
         """Features of model-range samples, made images by the datamodule's exact inverse."""
-        uint8 = datamodule.to_uint8(samples).permute(0, 3, 1, 2)
+        uint8 = datamodule.to_uint8(samples)  # (N, C, H, W)
         self.check_images(uint8)
         return extract_features(self.extractor, uint8, self.batch_size)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -84,8 +85,7 @@ class DiT(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        image_size: int,
+        sample_shape: Sequence[int],
         patch_size: int = 2,
         dim: int = 256,
         depth: int = 6,
@@ -98,7 +98,12 @@ class DiT(nn.Module):
     ):
         super().__init__()
         self.patch_size = patch_size
-        self.check_image_size(image_size)
+        if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+            raise ValueError(
+                f"a DiT takes square images (C, H, W), not sample_shape {list(sample_shape)}"
+            )
+        in_channels, image_size = int(sample_shape[0]), int(sample_shape[-1])
+        self.check_shape(sample_shape)
         if dim % heads or dim % 4:
             raise ValueError(f"DiT dim {dim} must be divisible by heads={heads} and by 4")
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
@@ -130,7 +135,11 @@ class DiT(nn.Module):
     def null_cond(self, cond: Cond) -> dict[str, Tensor]:
         return null_class(cond, self.num_classes)
 
-    def check_image_size(self, size: int) -> None:
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Fail unless samples of `shape` are square images of a whole number of patches."""
+        size = shape[-1]
+        if len(shape) != 3 or shape[-2] != size:
+            raise ValueError(f"a DiT takes square images (C, H, W), not {list(shape)}")
         if size % self.patch_size:
             raise ValueError(
                 f"image size {size} is not a whole number of {self.patch_size}-pixel patches: use "

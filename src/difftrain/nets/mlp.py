@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -51,8 +53,11 @@ class MLP(nn.Module):
     def null_cond(self, cond: Cond) -> dict[str, Tensor]:
         return null_class(cond, self.num_classes)
 
-    def check_image_size(self, size: int) -> None:
-        raise ValueError(f"the MLP draws {self.dim}-d points, which have no resolution ({size})")
+    def check_shape(self, shape: Sequence[int]) -> None:
+        if tuple(shape) != self.sample_shape:
+            raise ValueError(
+                f"the MLP draws {self.dim}-d points, not samples of shape {list(shape)}"
+            )
 
     def forward(self, x: Tensor, c_noise: Tensor, *, class_labels: Tensor | None = None) -> Tensor:
         emb = self.noise_emb(c_noise.expand(x.shape[0]))

@@ -13,7 +13,7 @@ padding) is its "no prompt", which `null_cond` gives.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor
@@ -25,7 +25,7 @@ Cond = Mapping[str, Tensor]
 class Net(Protocol):
     """A raw network F(x, c_noise, **cond) with the shape of x: (B, *sample_shape)."""
 
-    sample_shape: tuple[int, ...]  # one sample: (C, H, W) for images, (D,) for points
+    sample_shape: tuple[int, ...]  # one sample: (C, H, W) images, (C, T, H, W) clips, (D,) points
     num_classes: int  # 0: unconditional; else labels 0..num_classes-1, and num_classes means none
     augment_dim: int  # length of the augmentation labels it reads (0: it reads none)
 
@@ -37,8 +37,9 @@ class Net(Protocol):
         """The unconditional counterpart of `cond`, batch for batch (classifier-free guidance)."""
         ...
 
-    def check_image_size(self, size: int) -> None:
-        """Raise ValueError, saying why, when the net cannot take samples of this resolution."""
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Raise ValueError, saying why, when the net cannot take samples of this shape (e.g. a
+        resolution curriculum's)."""
         ...
 
 
@@ -49,5 +50,5 @@ def check_served(net: Net, data: object) -> None:
     if served is not None and tuple(served) != tuple(net.sample_shape):
         raise ValueError(
             f"the data serves samples of shape {tuple(served)} but the net takes "
-            f"{tuple(net.sample_shape)}: set net.in_channels={served[0]} net.image_size={served[-1]}"
+            f"{tuple(net.sample_shape)}: set data.sample_shape=[{','.join(map(str, served))}]"
         )

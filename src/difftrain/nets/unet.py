@@ -21,11 +21,20 @@ from difftrain.nets.layers import (
     zero_init,
 )
 from difftrain.nets.protocol import Cond
+from difftrain.nets.temporal import TemporalAttention, TemporalConv, as_clips, as_frames
 
 
 class UNet(nn.Module):
-    """F(x, c_noise, class_labels, augment_labels) -> (B, C, H, W), for images (B, C, H, W) with
-    H = W = image_size; implements `nets.protocol.Net`.
+    """F(x, c_noise, class_labels, augment_labels) -> x's shape, for images (B, C, H, W) with
+    H = W (`sample_shape` (C, H, W)), or clips (B, C, T, H, W) (`sample_shape` (C, T, H, W));
+    implements `nets.protocol.Net`.
+
+    For clips it is a factorized space-time UNet (Ho et al. 2022, "Video Diffusion Models"): every
+    layer of the image UNet runs on each frame, and each block (and the middle) ends with a
+    temporal convolution and, at `temporal_attn_resolutions` (None: all), attention across the
+    frames with a relative position bias (`nets.temporal`). Both are residual branches that start
+    at zero, so at initialisation the net is its image net applied frame by frame, and an image
+    net's weights load into it by their names (`model.init_from`).
 
     Level i works at resolution image_size / 2^i with channels * channel_mult[i] channels and
     `num_res_blocks` residual blocks; self-attention follows each block at `attn_resolutions`.
@@ -46,8 +55,7 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        image_size: int,
+        sample_shape: Sequence[int],
         channels: int = 64,
         channel_mult: Sequence[int] = (1, 2, 2),
         num_res_blocks: int = 2,
@@ -60,11 +68,20 @@ class UNet(nn.Module):
         checkpoint_activations: bool = False,
         text_encoder: nn.Module | None = None,
         cross_attn_resolutions: Sequence[int] = (),
+        temporal_attn_resolutions: Sequence[int] | None = None,
     ):
         super().__init__()
         self.checkpoint_activations = checkpoint_activations
         self.channel_mult = list(channel_mult)
-        self.check_image_size(image_size)
+        if len(sample_shape) not in (3, 4) or sample_shape[-1] != sample_shape[-2]:
+            raise ValueError(
+                f"a UNet takes square images (C, H, W) or clips (C, T, H, W), not sample_shape "
+                f"{list(sample_shape)}"
+            )
+        self._sample_shape = tuple(int(s) for s in sample_shape)
+        in_channels, image_size = self._sample_shape[0], self._sample_shape[-1]
+        self.frames = self._sample_shape[1] if len(sample_shape) == 4 else 0
+        self.check_shape(self._sample_shape)
         resolutions = [image_size // 2**i for i in range(len(channel_mult))]
         widths = [channels * m for m in channel_mult]
         _check_layout(resolutions, widths, norm_groups, attn_resolutions, cross_attn_resolutions,
@@ -85,13 +102,24 @@ class UNet(nn.Module):
         def cross(ch: int) -> CrossAttention:
             return CrossAttention(ch, text_dim, min(head_channels, ch), norm_groups)
 
+        def temporal(ch: int, res: int) -> list[nn.Module]:
+            """The temporal layers ending a block: after the spatial ones, which keep the image
+            net's names."""
+            if not self.frames:
+                return []
+            layers = [TemporalConv(ch, self.frames, norm_groups)]
+            if temporal_attn_resolutions is None or res in temporal_attn_resolutions:
+                heads = min(head_channels, ch)
+                layers.append(TemporalAttention(ch, self.frames, heads, norm_groups))
+            return layers
+
         def block(cin: int, cout: int, res: int) -> nn.ModuleList:
             layers = [ResBlock(cin, cout, emb_ch, dropout, norm_groups)]
             if res in attn_resolutions:
                 layers.append(SelfAttention(cout, min(head_channels, cout), norm_groups))
             if res in cross_attn_resolutions:
                 layers.append(cross(cout))
-            return nn.ModuleList(layers)
+            return nn.ModuleList(layers + temporal(cout, res))
 
         # Encoder, middle (residual block, attention, residual block), decoder; built in this
         # order, which is the order their weights are drawn in.
@@ -103,6 +131,7 @@ class UNet(nn.Module):
                 SelfAttention(ch, min(head_channels, ch), norm_groups),
                 *([cross(ch)] if text_encoder is not None else []),
                 ResBlock(ch, ch, emb_ch, dropout, norm_groups),
+                *temporal(ch, resolutions[-1]),
             ]
         )
 
@@ -112,14 +141,21 @@ class UNet(nn.Module):
         self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.image_size, self.image_size)
+    def sample_shape(self) -> tuple[int, ...]:
+        return self._sample_shape
 
     def null_cond(self, cond: Cond) -> dict[str, Tensor]:
         return null_class(cond, self.num_classes)
 
-    def check_image_size(self, size: int) -> None:
-        """Fail with the sizes involved unless `size` can be halved once per level but the last."""
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Fail with the sizes involved unless samples of `shape` have this net's channels (and
+        frames) and a side that can be halved once per level but the last."""
+        shape = tuple(shape)
+        if len(shape) != len(self._sample_shape) or shape[:-2] != self._sample_shape[:-2]:
+            raise ValueError(
+                f"this UNet takes samples {list(self._sample_shape[:-2])} + (H, W), not {list(shape)}"
+            )
+        size = shape[-1]
         levels = len(self.channel_mult)
         factor = 2 ** (levels - 1)
         if size % factor:
@@ -147,6 +183,11 @@ class UNet(nn.Module):
         emb = add_labels(
             emb, self.num_classes, self.class_emb, class_labels, self.augment_emb, augment_labels
         )
+        if self.frames:  # every frame through the spatial layers, with its clip's conditioning
+            x = as_frames(x)  # (B, C, T, H, W) -> (B*T, C, H, W)
+            emb = emb.repeat_interleave(self.frames, 0)  # (B, E) -> (B*T, E)
+            if context is not None:
+                context = tuple(t.repeat_interleave(self.frames, 0) for t in context)
 
         run = _run
         if self.checkpoint_activations and torch.is_grad_enabled():
@@ -161,7 +202,8 @@ class UNet(nn.Module):
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = run(layers, h, emb, context)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return as_clips(out, self.frames) if self.frames else out
 
 
 def _check_layout(

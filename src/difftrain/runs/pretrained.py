@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from difftrain.data.transforms import to_uint8
+from difftrain.data.media import Images, media_of
 from difftrain.diffusion.denoiser import Denoiser, Ensemble
 from difftrain.diffusion.generate import Diffusion
 from difftrain.diffusion.samplers import Sampler
@@ -37,6 +37,11 @@ class TrainedModel:
     def num_classes(self) -> int:
         return self.diffusion.denoiser.net.num_classes
 
+    @property
+    def media(self) -> Images:
+        """What its samples are outside the model (`data.media`): images, videos or points."""
+        return media_of(self.config.data)
+
     def generate(
         self, n: int, sampler: Sampler | None = None, **options: Any
     ) -> tuple[Tensor, int]:
@@ -44,22 +49,18 @@ class TrainedModel:
         return self.diffusion.generate(n, sampler, **options)
 
     def sample(self, n: int, sampler: Sampler | None = None, **options: Any) -> tuple[Tensor, int]:
-        """n images as uint8 (n, H, W, C), and the NFE; `options` as for `generate`."""
+        """n samples as files store them (`media.stored`: images uint8 (n, H, W, C), clips
+        (n, T, H, W, C), points (n, D)), and the NFE; `options` as for `generate`."""
         drawn = list(self.batches(n, sampler, **options))
         return torch.cat([x for x, _ in drawn]), drawn[-1][1]
 
     def batches(
-        self, n: int, sampler: Sampler | None = None, images: bool = True, **options: Any
+        self, n: int, sampler: Sampler | None = None, **options: Any
     ) -> Iterator[tuple[Tensor, int]]:
-        """`sample`'s images a batch at a time (`Diffusion.batches`), each with the NFE; with
-        images=False the model-space samples (B, *shape) instead."""
-        if images and len(self.shape) != 3:
-            raise ValueError(
-                f"this checkpoint draws {self.shape[0]}-d points ({self.config.data._target_}), not "
-                "images: use TrainedModel.generate (difftrain-sample writes them under `points`)"
-            )
+        """`sample`'s samples a batch at a time (`Diffusion.batches`), each with the NFE."""
+        media = self.media
         for x, nfe in self.diffusion.batches(n, sampler, **options):
-            yield (to_uint8(x, self.config.data.value_range) if images else x), nfe
+            yield media.stored(x), nfe
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -87,7 +88,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the EMA denoiser of a checkpoint from the config saved inside it."""
     ckpt = load_checkpoint(path)
-    cfg = OmegaConf.create(ckpt["hyper_parameters"]["config"])
+    cfg = upgraded(OmegaConf.create(ckpt["hyper_parameters"]["config"]))
     denoiser = Denoiser(instantiate(cfg.net), instantiate(cfg.objective))
     state = {
         k[len(EMA_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(EMA_PREFIX)
@@ -103,6 +104,16 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     schedule, sampler = instantiate(cfg.schedule), instantiate(cfg.sampler)
     diffusion = Diffusion(denoiser, schedule, sampler, decoder, prior)
     return TrainedModel(cfg, diffusion, ckpt["global_step"])
+
+
+def upgraded(cfg: DictConfig) -> DictConfig:
+    """A config saved by an earlier difftrain, in today's terms: nets then took `in_channels` and
+    `image_size` where they now take `sample_shape`."""
+    net = cfg.get("net")
+    if net is not None and "in_channels" in net and "sample_shape" not in net:
+        size = net.pop("image_size")
+        net.sample_shape = [net.pop("in_channels"), size, size]
+    return cfg
 
 
 def load_guide(path: str | Path, model: TrainedModel) -> torch.nn.Module:

@@ -16,6 +16,7 @@ from difftrain.diffusion.objectives import Objective, check_compatible
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
 from difftrain.nets.protocol import Net, check_served
+from difftrain.nets.temporal import inflate
 from difftrain.runtime import shared_seed
 from difftrain.streams import TRAINING_STREAM, Share, seeded_generator
 from difftrain.training.augment import AugmentPipe
@@ -55,6 +56,9 @@ class DiffusionModule(L.LightningModule):
     the null entries classifier-free guidance needs at rate `label_dropout`; by default the one the
     net reads: class labels, captions, or with `clusters` each example's k-means cluster.
 
+    With `init_from` (an image run's checkpoint), a video net starts from that run's EMA weights
+    in its spatial layers (`nets.temporal.inflate`): at first it is the image net frame by frame.
+
     With `compile` (True, or a torch.compile mode such as "max-autotune-no-cudagraphs"), the
     trained net's forward is compiled; the EMA copy, which samples, is not. With an `autoencoder`
     (latent diffusion), batches are its latents and samples are decoded.
@@ -85,9 +89,12 @@ class DiffusionModule(L.LightningModule):
         autoencoder: nn.Module | None = None,
         clusters: Clusters | None = None,
         conditioning: Conditioning | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         check_compatible(schedule, objective)
+        if init_from:  # before the EMA copies the net: both start from these weights
+            load_image_net(net, init_from)
         self.conditioning = conditioning or conditioning_for(net, label_dropout, clusters)
         sampler.check(schedule)
         if augment is not None and net.augment_dim != augment.label_dim:
@@ -222,9 +229,9 @@ class DiffusionModule(L.LightningModule):
         """Fail, saying why, when `sampler` cannot sample this run's schedule correctly."""
         sampler.check(self.diffusion.schedule)
 
-    def check_resolution(self, size: int) -> None:
-        """Fail, saying why, when the net cannot train on images of this size (a curriculum's)."""
-        self.denoiser.net.check_image_size(size)
+    def check_shape(self, shape: Sequence[int]) -> None:
+        """Fail, saying why, when the net cannot train on samples of this shape (a curriculum's)."""
+        self.denoiser.net.check_shape(shape)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resumed with other optimizer or LR-schedule settings than the checkpoint was trained
@@ -242,3 +249,22 @@ class DiffusionModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def load_image_net(net: Net, path: str) -> None:
+    """Inflate `net` with the EMA net weights of the checkpoint at `path` (`model.init_from`)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    except (OSError, KeyError, RuntimeError) as e:
+        raise ValueError(
+            f"model.init_from={path}: cannot read a difftrain checkpoint there ({e}). Fix: point "
+            "it at an image run's checkpoint, e.g. <run dir>/checkpoints/last.ckpt"
+        ) from None
+    prefix = "ema.module.net."
+    weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        fresh = inflate(net, weights)
+    except ValueError as e:
+        raise ValueError(f"model.init_from={path}: {e}") from None
+    log.info("the net starts from %s's weights (%d tensors); %d temporal tensors start at "
+             "initialisation", path, len(weights), len(fresh))  # fmt: skip

@@ -30,9 +30,10 @@ class ResolutionCurriculum(L.Callback):
         return round(self.full * fraction)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.full = trainer.datamodule.image_size
+        data = trainer.datamodule
+        self.full = data.image_size
         for step, _ in self.stages:
-            pl_module.check_resolution(self.resolution(step))
+            pl_module.check_shape(data.media.shape_at(data.sample_shape, self.resolution(step)))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.datamodule.set_train_resolution(self.resolution(pl_module.schedule_step()))

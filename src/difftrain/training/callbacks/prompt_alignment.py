@@ -113,7 +113,7 @@ class Alignment(L.Callback):
             len(prompts), self.sampler, seed=self.seed, prompts=prompts,
             guidance=self.guidance, batch_size=self.batch_size,
         )  # fmt: skip
-        images = datamodule.to_uint8(samples).permute(0, 3, 1, 2)
+        images = datamodule.to_uint8(samples)  # (N, C, H, W)
         scores = alignment(self.judge.predict(images), self.asked, self.held_out)
         scores["fid"] = frechet_distance(self.judge.features(images), self.reference)
         if self.clip_score is not None:

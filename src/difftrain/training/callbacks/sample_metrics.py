@@ -12,10 +12,12 @@ from difftrain.diffusion.samplers import Sampler, solver_function
 from difftrain.evaluation.evaluator import Evaluator
 from difftrain.evaluation.features import FeatureSet
 from difftrain.evaluation.toy import ToyEvaluator
+from difftrain.evaluation.video import VideoEvaluator
 from difftrain.training.callbacks.cadence import EveryNValidations
 
 LATEST = ("fid", "class_entropy", "classes_under_threshold", "precision", "recall",
-          "modes_captured", "hq_share")  # fmt: skip
+          "modes_captured", "hq_share", "identity_consistency", "flicker_ratio", "speed_ratio",
+          "motion_deviation_ratio")  # fmt: skip
 
 
 class Evaluate(L.Callback):
@@ -31,7 +33,7 @@ class Evaluate(L.Callback):
 
     def __init__(
         self,
-        evaluator: Evaluator | ToyEvaluator,
+        evaluator: Evaluator | ToyEvaluator | VideoEvaluator,
         sampler: Sampler,
         num_samples: int = 1000,
         seed: int = 0,
@@ -103,10 +105,9 @@ class Evaluate(L.Callback):
         local = self.evaluator.features(images, trainer.datamodule)
         if trainer.world_size == 1:
             return local
-        gathered = [
-            pl_module.all_gather(t.to(pl_module.device)) for t in (local.features, local.logits)
-        ]
-        return FeatureSet(*(g.flatten(0, 1).cpu() for g in gathered))
+        parts = {k: v for k, v in vars(local).items() if v is not None}
+        gathered = {k: pl_module.all_gather(t.to(pl_module.device)) for k, t in parts.items()}
+        return FeatureSet(**{k: g.flatten(0, 1).cpu() for k, g in gathered.items()})
 
     def summary(self) -> dict[str, Any]:
         if not self.last:

@@ -1,0 +1,155 @@
+"""`VideoEvaluator`: per-frame quality and temporal measures of uint8 clips against real ones.
+
+Per frame: the image `Evaluator` (FID, KID, precision/recall and class coverage on the features
+of the dataset's own classifier), trained and referenced on one frame of each clip
+(`FrameDatasets`). Over time, against the real clips of `reference_split`:
+
+- identity consistency: the share of clips whose frames the classifier gives one class;
+- flicker: the mean absolute frame-to-frame difference of the pixels (in [0, 1]);
+- speed: the mean distance the brightness centroid moves per frame (pixels);
+- motion deviation: how far the centroid strays per frame from constant velocity, where a
+  reversal of either axis near the edge the digits bounce off counts as constant velocity.
+
+Each comes with the real clips' value (`real_*`) and, for the last three, the ratio to it.
+The motion measures read one moving object per clip (moving_digits with num_digits=1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from difftrain.data.datasets import TensorImages
+from difftrain.evaluation.evaluator import Evaluator, dataset_uint8
+from difftrain.evaluation.features import FeatureSet, extract_features
+
+MOTION = ("flicker", "speed", "motion_deviation")
+
+
+class FrameDatasets:
+    """The image datasets of a clip dataset: split -> one frame of each clip (frame i mod T of
+    clip i, so every frame position is represented), with the clip's label."""
+
+    def __init__(self, clips: Callable[[str], Dataset]):
+        self.clips = clips
+
+    def __call__(self, split: str) -> TensorImages:
+        dataset = self.clips(split)
+        clips = dataset.images  # (N, C, T, H, W) uint8
+        index = torch.arange(len(clips))
+        return TensorImages(
+            clips[index, :, index % clips.shape[2]], torch.as_tensor(dataset.labels)
+        )
+
+    def __repr__(self) -> str:  # what cache keys read (datamodule.described)
+        return f"FrameDatasets({self.clips!r})"
+
+
+def centroids(clips: Tensor) -> Tensor:
+    """The brightness centroid (x, y) in pixels of every frame: uint8 (N, C, T, H, W) -> (N, T, 2)."""
+    x = clips.float().mean(1)  # (N, T, H, W)
+    mass = x.sum((2, 3)).clamp_min(1e-6)  # (N, T)
+    ys = torch.arange(x.shape[2], dtype=x.dtype)
+    xs = torch.arange(x.shape[3], dtype=x.dtype)
+    cx = (x.sum(2) * xs).sum(2) / mass
+    cy = (x.sum(3) * ys).sum(2) / mass
+    return torch.stack([cx, cy], dim=-1)
+
+
+def clip_measures(clips: Tensor, low: Tensor, high: Tensor, margin: float) -> Tensor:
+    """Per clip (flicker, speed, motion deviation) of uint8 clips (N, C, T, H, W): (N, 3).
+
+    A centroid within `margin` pixels of `low` or `high` (per axis, (2,)) may reverse along that
+    axis (a bounce) and still count as moving at constant velocity."""
+    x = clips.float() / 255
+    flicker = (x[:, :, 1:] - x[:, :, :-1]).abs().mean((1, 2, 3, 4))
+    c = centroids(clips)  # (N, T, 2)
+    v = c[:, 1:] - c[:, :-1]  # (N, T-1, 2)
+    speed = v.norm(dim=-1).mean(1)
+    keep = (v[:, 1:] - v[:, :-1]).abs()  # (N, T-2, 2): the change of velocity
+    at_edge = (c[:, 1:-1] < low + margin) | (c[:, 1:-1] > high - margin)
+    bounced = torch.where(at_edge, torch.minimum(keep, (v[:, 1:] + v[:, :-1]).abs()), keep)
+    deviation = bounced.norm(dim=-1).mean(1)
+    return torch.stack([flicker, speed, deviation], dim=1)
+
+
+class VideoEvaluator:
+    """Scores uint8 clips (N, C, T, H, W): the `frames` evaluator on every frame (its metrics
+    under their names: fid is the per-frame FID), identity consistency, flicker, speed and
+    motion deviation against up to `max_reference_clips` real clips of `reference_split`.
+    The same interface as `Evaluator` (setup, features, score, info), so training's evaluation
+    callback and difftrain-eval take either."""
+
+    def __init__(
+        self,
+        datasets: Callable[[str], Dataset],
+        frames: Evaluator,
+        reference_split: str = "val",
+        max_reference_clips: int = 1000,
+        bounce_margin: float = 3.0,
+    ):
+        self.datasets, self.frame_evaluator = datasets, frames
+        self.reference_split, self.max_reference_clips = reference_split, max_reference_clips
+        self.bounce_margin = bounce_margin
+        self.real: dict[str, float] = {}
+        self.low = self.high = None
+
+    @property
+    def info(self) -> dict[str, object]:
+        return self.frame_evaluator.info
+
+    @property
+    def extractor(self):
+        return self.frame_evaluator.extractor
+
+    def setup(self, device: torch.device | str = "cpu") -> None:
+        """The frame evaluator's setup (its classifier and reference features), then the real
+        clips' measures."""
+        self.frame_evaluator.setup(device)
+        if self.real:
+            return
+        clips = dataset_uint8(self.datasets(self.reference_split), self.max_reference_clips)
+        c = centroids(clips)
+        self.low, self.high = c.flatten(0, 1).amin(0), c.flatten(0, 1).amax(0)
+        self.real = self._summary(self._features(clips))
+        self.info["reference_clips"] = f"{self.reference_split}:{len(clips)}"
+
+    def _features(self, clips: Tensor) -> FeatureSet:
+        if clips.dtype != torch.uint8 or clips.ndim != 5:
+            raise ValueError(
+                f"expected uint8 clips (N, C, T, H, W), got {clips.dtype} {tuple(clips.shape)}"
+            )
+        frames = clips.transpose(1, 2).flatten(0, 1)  # (N, C, T, H, W) -> (N*T, C, H, W)
+        self.frame_evaluator.check_images(frames)
+        per_frame = extract_features(self.extractor, frames, self.frame_evaluator.batch_size)
+        measures = clip_measures(clips, self.low, self.high, self.bounce_margin)
+        return FeatureSet(per_frame.features, per_frame.logits, per_clip=measures)
+
+    def features(self, samples: Tensor, datamodule: object) -> FeatureSet:
+        """Features and measures of model-range clips, made uint8 by the datamodule's media."""
+        return self._features(datamodule.to_uint8(samples))
+
+    def _summary(self, features: FeatureSet) -> dict[str, float]:
+        clips = len(features.per_clip)
+        classes = features.logits.argmax(-1).unflatten(0, (clips, -1))  # (N*T,) -> (N, T)
+        same = (classes == classes[:, :1]).all(1).float().mean().item()
+        means = features.per_clip.mean(0).tolist()
+        return {"identity_consistency": same, **dict(zip(MOTION, means, strict=True))}
+
+    def score(self, features: FeatureSet, seed: int = 0) -> dict[str, object]:
+        """Per-frame metrics, and the temporal measures with the real clips' and their ratio."""
+        results = self.frame_evaluator.score(FeatureSet(features.features, features.logits), seed)
+        for name, value in self._summary(features).items():
+            results[name], results[f"real_{name}"] = value, self.real[name]
+            if name in MOTION:
+                results[f"{name}_ratio"] = value / max(self.real[name], 1e-12)
+        return results
+
+    def __call__(self, clips: Tensor, seed: int = 0) -> dict[str, object]:
+        """Metrics of uint8 clips (N, C, T, H, W)."""
+        if not self.real:
+            self.setup()
+        return self.score(self._features(clips), seed)

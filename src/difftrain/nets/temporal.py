@@ -1,0 +1,94 @@
+"""Temporal layers of a factorized space-time net (Ho et al. 2022, "Video Diffusion Models",
+Sec. 3): the spatial layers run on each frame as on an image, (B*T, C, H, W); these mix the T
+frames of each clip at every pixel. Both are residual branches initialised to zero, so a video
+net starts as its image net applied frame by frame (what inflating an image net needs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from difftrain.nets.layers import attention_heads, zero_init
+
+
+def as_clips(h: Tensor, frames: int) -> Tensor:
+    """Per-frame features (B*T, C, H, W) -> clips (B, C, T, H, W)."""
+    return h.unflatten(0, (-1, frames)).transpose(1, 2)
+
+
+def as_frames(x: Tensor) -> Tensor:
+    """Clips (B, C, T, H, W) -> per-frame features (B*T, C, H, W)."""
+    return x.transpose(1, 2).flatten(0, 1)
+
+
+class TemporalConv(nn.Module):
+    """GroupNorm-SiLU, then a convolution over the frames only (kernel 3 in time, 1x1 in space)."""
+
+    def __init__(self, channels: int, frames: int, groups: int):
+        super().__init__()
+        self.frames = frames
+        self.norm = nn.GroupNorm(groups, channels)
+        self.conv = zero_init(nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
+
+    def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
+        clips = as_clips(F.silu(self.norm(h)), self.frames)  # (B, C, T, H, W)
+        return h + as_frames(self.conv(clips))
+
+
+class TemporalAttention(nn.Module):
+    """Multi-head attention across the frames at each pixel, with a learned bias per head and
+    relative frame offset (the relative position bias of Ho et al. 2022, Sec. 3; Shaw et al.
+    2018)."""
+
+    def __init__(self, channels: int, frames: int, head_channels: int, groups: int):
+        super().__init__()
+        self.frames, self.heads = frames, attention_heads(channels, head_channels)
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.bias = nn.Parameter(torch.zeros(self.heads, 2 * frames - 1))
+        self.proj = zero_init(nn.Linear(channels, channels))
+
+    def position_bias(self, frames: int) -> Tensor:
+        """(heads, T, T): the bias of query frame i attending to key frame j, by j - i."""
+        offsets = torch.arange(frames, device=self.bias.device)
+        return self.bias[:, offsets[None, :] - offsets[:, None] + self.frames - 1]
+
+    def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
+        BT, C, H, W = h.shape
+        T = self.frames
+        x = self.norm(h).unflatten(0, (-1, T))  # (B, T, C, H, W)
+        x = x.permute(0, 3, 4, 1, 2).reshape(-1, T, C)  # (B*H*W, T, C)
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, C // self.heads)).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # each (B*H*W, heads, T, head_channels)
+        bias = self.position_bias(T).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B*H*W, heads, T, hc)
+        out = self.proj(out.transpose(1, 2).reshape(-1, T, C))  # (B*H*W, T, C)
+        out = out.reshape(BT // T, H, W, T, C).permute(0, 3, 4, 1, 2).reshape(BT, C, H, W)
+        return h + out
+
+
+def inflate(net: nn.Module, image_weights: Mapping[str, Tensor]) -> list[str]:
+    """Load an image net's weights into a video net of the same spatial layout (each image layer
+    under its own name); returns the names left as initialised (the temporal layers). Refuses,
+    naming them, weights the video net has no place for or holds in another shape."""
+    own = net.state_dict()
+    foreign = [k for k in image_weights if k not in own]
+    reshaped = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in image_weights.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    if foreign or reshaped:
+        raise ValueError(
+            "the image net's weights do not fit this net's spatial layers"
+            + (f"; no place for {foreign[:3]}" if foreign else "")
+            + (f"; other shapes: {reshaped[:3]}" if reshaped else "")
+            + ": give the video net the image net's settings (channels, channel_mult, "
+            "num_res_blocks, attention, classes)"
+        )
+    net.load_state_dict(image_weights, strict=False)
+    return [k for k in own if k not in image_weights]

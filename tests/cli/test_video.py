@@ -1,0 +1,99 @@
+"""Video through the whole template: a clip run trains, checkpoints, samples clips with an
+animated grid, is scored by the video evaluator, resumes exactly, and starts from an image run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difftrain.cli.eval import evaluate
+from difftrain.cli.sample import sample
+from difftrain.cli.train import train
+from difftrain.runs.pretrained import load_trained
+from tests.conftest import compose_cfg
+
+# moving_digits shrunk to seconds: 4 frames of 16x16 (8 px glyphs), the tiny space-time UNet.
+CLIPS = [
+    "experiment=moving_digits", "net=unet3d_tiny", "data.frames=4", "data.image_size=16",
+    "data.dataset.clips={train:64,val:16}", "data.batch_size=8", "data.val_batch_size=8",
+    "trainer.max_time=null", "trainer.max_steps=4", "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=1", "trainer.accelerator=cpu", "trainer.precision=32-true",
+    "sampler.steps=3", "callbacks.sample_grid.num_samples=4", "~callbacks.evaluate",
+    "~callbacks.progress_bar", "logger=none",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory) -> Path:
+    cfg = compose_cfg(tmp_path_factory.mktemp("clips"), *CLIPS)
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def test_a_clip_run_trains_and_draws_an_animated_grid(clip_run):
+    summary = json.loads((clip_run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["sample_grid"].endswith("step_0000004.gif")
+    with Image.open(summary["sample_grid"]) as grid:
+        assert grid.n_frames == 4
+    assert (clip_run / "samples" / "step_0000004.png").is_file()  # the strip of frames
+    model = load_trained(clip_run / "checkpoints" / "last.ckpt")
+    assert model.shape == (1, 4, 16, 16) and model.media.key == "videos"
+
+
+def test_difftrain_sample_writes_uint8_clips_and_eval_scores_them(clip_run, tmp_path):
+    ckpt = clip_run / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg(tmp_path, f"ckpt={ckpt}", "n=6", f"out={tmp_path / 'clips.npz'}",
+                      "batch_size=4", config_name="sample")  # fmt: skip
+    sample(cfg)
+    saved = np.load(tmp_path / "clips.npz")
+    assert saved["videos"].shape == (6, 4, 16, 16, 1) and saved["videos"].dtype == np.uint8
+    assert (tmp_path / "clips.gif").is_file() and (tmp_path / "clips.png").is_file()
+    first, _ = load_trained(ckpt).sample(6, batch_size=4)
+    assert torch.equal(first, torch.from_numpy(saved["videos"]))  # as TrainedModel draws them
+    scored = compose_cfg(
+        tmp_path, f"samples={tmp_path / 'clips.npz'}", f"data.dataset.root={tmp_path}",
+        "data=moving_digits", "data.frames=4", "data.image_size=16", "evaluator=video",
+        "evaluator.frames.classifier_images=5000", "evaluator.frames.min_accuracy=0",
+        "evaluator.max_reference_clips=16", f"out={tmp_path / 'eval.json'}", config_name="eval",
+    )  # fmt: skip
+    scored.data.dataset.clips = {"train": 200, "val": 16}
+    metrics = evaluate(scored)["metrics"]
+    assert {"fid", "identity_consistency", "flicker_ratio", "speed_ratio"} <= set(metrics)
+    images = compose_cfg(tmp_path, f"ckpt={ckpt}", "n=4", config_name="eval")
+    with pytest.raises(Exception, match="evaluator=video"):
+        evaluate(images)  # the image evaluator cannot score clips: says which can
+
+
+def test_a_clip_run_resumes_exactly(clip_run, tmp_path):
+    first = compose_cfg(tmp_path / "a", *CLIPS, "trainer.max_steps=2")
+    train(first)
+    resumed = compose_cfg(
+        tmp_path / "b", *CLIPS, f"ckpt_path={first.paths.output_dir}/checkpoints/last.ckpt"
+    )
+    train(resumed)
+    straight = torch.load(clip_run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt",
+                       weights_only=False)["state_dict"]  # fmt: skip
+    assert all(torch.equal(state[k], straight[k]) for k in straight)
+
+
+def test_a_video_net_starts_as_an_image_run_frame_by_frame(tiny_checkpoint, tmp_path):
+    from hydra.utils import instantiate
+
+    unconditional = ["net.num_classes=0", "model.label_dropout=0"]
+    cfg = compose_cfg(tmp_path, *CLIPS, *unconditional, f"model.init_from={tiny_checkpoint}")
+    module = instantiate(cfg.model)
+    image = load_trained(tiny_checkpoint).diffusion.denoiser.net
+    clips = torch.randn(2, 1, 4, 16, 16)
+    out = module.ema.module.net(clips, torch.tensor([0.5, -0.5]))
+    for t in range(4):
+        frame = image(clips[:, :, t], torch.tensor([0.5, -0.5]))
+        assert (out[:, :, t] - frame).abs().max() < 1e-5 * frame.abs().max()  # a few steps: small
+    bad = compose_cfg(tmp_path, *CLIPS, f"model.init_from={tmp_path / 'none.ckpt'}")
+    with pytest.raises(Exception, match="model.init_from=.*cannot read"):
+        instantiate(bad.model)
