@@ -19,6 +19,15 @@ OmegaConf.register_new_resolver("run_id", lambda: RUN_ID, replace=True)
 OmegaConf.register_new_resolver("image_folder_classes", folder_classes, replace=True)
 
 
+def _video_folder_classes(root: str) -> int:
+    from difftrain.data.clips import video_folder_classes
+
+    return video_folder_classes(root)
+
+
+OmegaConf.register_new_resolver("video_folder_classes", _video_folder_classes, replace=True)
+
+
 def _caption_vocab(kind: str, root: str | None = None) -> ListConfig:
     """The words of a dataset's captions (its tokenizer's vocabulary):
     ${caption_vocab:captioned_digits}, or ${caption_vocab:folder,<root>} for a caption folder."""

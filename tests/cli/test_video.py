@@ -97,3 +97,29 @@ def test_a_video_net_starts_as_an_image_run_frame_by_frame(tiny_checkpoint, tmp_
     bad = compose_cfg(tmp_path, *CLIPS, f"model.init_from={tmp_path / 'none.ckpt'}")
     with pytest.raises(Exception, match="model.init_from=.*cannot read"):
         instantiate(bad.model)
+
+
+def test_a_folder_of_video_files_trains_with_its_subfolders_as_classes(tmp_path):
+    pytest.importorskip("av")
+    folder = [o for o in CLIPS if not o.startswith("data.dataset.clips")]
+    from tests.data.test_clips import write_video
+
+    for name in ("left/1.mp4", "left/2.mp4", "left/3.mp4", "right/4.mp4", "right/5.mp4"):
+        (tmp_path / "videos" / name).parent.mkdir(parents=True, exist_ok=True)
+        write_video(tmp_path / "videos" / name, 10, size=24)
+    cfg = compose_cfg(
+        tmp_path, *folder, "data=video_folder", "data.image_size=16", "data.channels=3",
+        f"data.dataset.root={tmp_path / 'videos'}", "data.dataset.val_fraction=0.2",
+        "data.dataset.stride=2", "trainer.max_steps=2", "data.batch_size=2", "data.val_batch_size=2",
+    )  # fmt: skip
+    assert cfg.data.num_classes == 2 and cfg.net.num_classes == 2
+    train(cfg)
+    model = load_trained(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert model.shape == (3, 4, 16, 16)
+    clips, labels = model.sample(2, labels=torch.tensor([0, 1]))
+    assert clips.shape == (2, 4, 16, 16, 3) and clips.dtype == torch.uint8
+    missing = compose_cfg(
+        tmp_path, *folder, "data=video_folder", f"data.dataset.root={tmp_path / 'no'}"
+    )
+    with pytest.raises(FileNotFoundError, match="data.dataset.root"):
+        train(missing)

@@ -75,8 +75,8 @@ def test_the_vocabulary_covers_every_caption():
 
 
 def test_without_mnist_under_root_the_glyphs_are_scikit_learns_digits(tmp_path, caplog):
-    from difftrain.data.captioned import _glyphs
+    from difftrain.data.captioned import load_glyphs
 
-    images, labels = _glyphs("train", str(tmp_path / "no_mnist_here"))
+    images, labels = load_glyphs("train", str(tmp_path / "no_mnist_here"))
     assert images.shape[1:] == (1, 16, 16) and len(images) == len(labels) > 1000
-    assert "uses scikit-learn's digits" in caplog.text
+    assert "the glyphs are scikit-learn's digits" in caplog.text

@@ -74,3 +74,59 @@ def test_the_clip_data_module_serves_clips_and_refuses_image_augmentation(tmp_pa
     wrong = VideoDataModule(**options, sample_shape=(1, 16, 16))
     with pytest.raises(ValueError, match=r"set data.sample_shape=\[1,4,16,16\]"):
         wrong.setup("fit")
+
+
+def write_video(path, frames: int, codec: str = "mpeg4", size: int = 32) -> None:
+    """A clip of a white square moving right 2 pixels a frame, encoded by PyAV."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=8)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for t in range(frames):
+            image = np.zeros((size, size, 3), np.uint8)
+            image[8:16, 2 * t : 2 * t + 8] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_a_video_folder_decodes_its_clips_and_skips_the_unreadable_with_a_count(tmp_path, caplog):
+    pytest.importorskip("av")
+    from PIL import Image
+
+    from difftrain.config import _video_folder_classes
+    from difftrain.data.clips import read_clip, video_folder
+
+    for name in ("a/1.mp4", "a/2.webm", "b/3.mp4", "b/4.mp4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_video(tmp_path / name, 12, "libvpx" if name.endswith("webm") else "mpeg4")
+    squares = [Image.new("RGB", (32, 32)) for _ in range(10)]
+    for t, frame in enumerate(squares):
+        frame.paste((255, 255, 255), (2 * t, 8, 2 * t + 8, 16))
+    squares[0].save(
+        tmp_path / "b" / "5.gif", save_all=True, append_images=squares[1:], duration=100
+    )
+    (tmp_path / "b" / "broken.mp4").write_bytes(b"not a video at all")
+    write_video(tmp_path / "a" / "short.mp4", 3)
+    options = dict(root=str(tmp_path), frames=4, stride=2, image_size=16, val_fraction=0.4)
+    train, val = video_folder("train", **options), video_folder("val", **options)
+    assert len(train) + len(val) == 5 and train.images.shape[1:] == (3, 4, 16, 16)
+    assert "skipping 2 unreadable or short file(s) of 7" in caplog.text
+    assert "broken.mp4" in caplog.text and "2 frames at stride 2, 4 needed" in caplog.text
+    assert set(train.labels.tolist() + val.labels.tolist()) == {0, 1}
+    assert _video_folder_classes(str(tmp_path)) == 2
+    # Frames 0, 2, 4, 6 of the square moving 2 px a frame: 4 px apart, in order.
+    clip = read_clip(tmp_path / "b" / "5.gif", frames=4, stride=2)
+    assert clip.shape == (4, 32, 32, 3) and clip.dtype == torch.uint8
+    columns = [(frame[..., 0].amax(0) > 100).nonzero().flatten().float().mean() for frame in clip]
+    assert all(3.5 < b - a < 4.5 for a, b in zip(columns, columns[1:], strict=False))
+    # ... and every clip in the folder (the same motion), at half size: 2 px apart.
+    for clip in torch.cat([train.images, val.images])[:, 0].float():  # (T, 16, 16), red channel
+        columns = [(frame.amax(0) > 100).nonzero().flatten().float().mean() for frame in clip]
+        assert all(1.5 < b - a < 2.5 for a, b in zip(columns, columns[1:], strict=False))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        video_folder("train", str(tmp_path / "none"))

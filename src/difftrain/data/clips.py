@@ -7,17 +7,24 @@ them alike) with their labels.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from difftrain.data.captioned import load_glyphs
 from difftrain.data.datamodule import ImageDataModule
-from difftrain.data.datasets import SPLITS, _resize_uint8
+from difftrain.data.datasets import SPLITS, _classes, _resize_uint8, _split_indices
 from difftrain.data.media import Videos
+
+log = logging.getLogger(__name__)
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".avi", ".mov", ".mkv", ".m4v")
 
 DEFAULT_CLIPS = {"train": 20_000, "val": 1_000}  # validation runs on every val clip: keep it small
 
@@ -100,6 +107,104 @@ def moving_digits(
         corners.append(corner)
     clips = canvas[:, None]  # (N, T, H, W) -> (N, 1, T, H, W)
     return TensorClips(clips, labels, torch.stack(corners, dim=2))
+
+
+def read_clip(path: Path, frames: int, stride: int = 1) -> Tensor:
+    """The first `frames` frames, every `stride`-th, of a video file as uint8 RGB (T, H, W, 3),
+    decoded by PyAV (FFmpeg's decoders, bundled in its wheels: mp4, webm, gif, ... with no
+    system FFmpeg). ValueError, saying why, for a file that is not a video or is too short."""
+    import av
+
+    picked = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            for i, frame in enumerate(container.decode(video=0)):
+                if i % stride == 0:
+                    picked.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+                if len(picked) == frames:
+                    break
+    except (av.error.FFmpegError, OSError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    if len(picked) < frames:
+        raise ValueError(f"{len(picked)} frames at stride {stride}, {frames} needed")
+    return torch.stack(picked)
+
+
+def _video_files(base: Path) -> list[Path]:
+    return sorted(p for p in base.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def video_folder_classes(root: str) -> int:
+    """How many classes a video folder's first-level subfolders make (0: unlabelled)."""
+    base = Path(root)
+    return len(_classes(base, _video_files(base))) if base.is_dir() else 0
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded_folder(
+    root: str, frames: int, stride: int, image_size: int, channels: int
+) -> tuple[Tensor, Tensor]:
+    """Every readable clip under root, resized (shorter side) and center-cropped: uint8
+    (N, C, T, S, S) and labels (N,), decoded once for both splits; one warning names the files
+    skipped."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(
+            f"video folder {base.resolve()} does not exist. Fix: set data.dataset.root"
+        )
+    files = _video_files(base)
+    resize = v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)])
+    clips, good, bad = [], [], []
+    for path in files:
+        try:
+            clip = read_clip(path, frames, stride).permute(
+                0, 3, 1, 2
+            )  # (T, H, W, 3) -> (T, 3, H, W)
+        except ValueError as e:
+            bad.append(f"{path} ({e})")
+            continue
+        clip = resize(clip)
+        if channels == 1:
+            clip = clip.float().mean(1, keepdim=True).round().to(torch.uint8)
+        clips.append(clip.transpose(0, 1))  # (T, C, S, S) -> (C, T, S, S)
+        good.append(path)
+    if bad:
+        log.warning("video folder %s: skipping %d unreadable or short file(s) of %d, e.g. %s",
+                    base, len(bad), len(files), "; ".join(bad[:3]))  # fmt: skip
+    if len(good) < 2:
+        raise FileNotFoundError(
+            f"found {len(good)} readable clips of {frames} frames (stride {stride}) under "
+            f"{base.resolve()} (extensions {VIDEO_EXTENSIONS}); need >= 2"
+        )
+    classes = _classes(base, good)
+    labels = [classes.index(p.relative_to(base).parts[0]) if classes else 0 for p in good]
+    log.info("video folder %s: %d clips of %d frames", base, len(good), frames)
+    return torch.stack(clips), torch.tensor(labels)
+
+
+def video_folder(
+    split: str,
+    root: str,
+    frames: int = 8,
+    stride: int = 1,
+    image_size: int = 64,
+    channels: int = 3,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> TensorClips:
+    """A clip from the start of every video under `root` (any depth; labels: the first-level
+    subfolders, when every file lies in one), `frames` frames taken every `stride`, held in
+    memory; a fixed-seed train/val split. Files that cannot be decoded, or are shorter, are
+    skipped with a count and examples."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    if frames < 1 or stride < 1:
+        raise ValueError(f"frames and stride must be >= 1, got {frames} and {stride}")
+    clips, labels = _decoded_folder(str(Path(root).resolve()), frames, stride, image_size, channels)
+    index = _split_indices(len(clips), split, val_fraction, seed)
+    return TensorClips(clips[index], labels[index])
 
 
 class VideoDataModule(ImageDataModule):
