@@ -2,6 +2,7 @@
 
     python benchmarks/activation_memory.py                          # unet_base, batch 32, 32x32x3
     python benchmarks/activation_memory.py --net unet_small --batch-size 64 --channels 1
+    python benchmarks/activation_memory.py --net unet3d_small --frames 8 --channels 1   # clips
 
 Each setting runs in a fresh process, so that one's peak does not hide the other's. The peak is
 torch.cuda.max_memory_allocated on a GPU; on the CPU it is the growth of the process's peak
@@ -32,14 +33,20 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
-def run(net_name: str, batch_size: int, channels: int, size: int, checkpointing: bool) -> dict:
-    """One setting, in this process: peak memory of a training step, and its seconds."""
+def run(
+    net_name: str, batch_size: int, channels: int, size: int, checkpointing: bool, frames: int = 0
+) -> dict:
+    """One setting, in this process: peak memory of a training step, and its seconds; clips of
+    `frames` frames (data=moving_digits' layout) when frames > 0."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = compose_net(net_name, channels, size, f"net.checkpoint_activations={checkpointing}")
+    clips = ["data=moving_digits", f"data.frames={frames}"] if frames else []
+    net = compose_net(
+        net_name, channels, size, f"net.checkpoint_activations={checkpointing}", *clips
+    )
     net = net.to(device)
     denoiser = Denoiser(net, EpsObjective())
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x0 = torch.randn(batch_size, channels, size, size, device=device)
+    x0 = torch.randn(batch_size, *net.sample_shape, device=device)
 
     def step() -> None:
         sigma = torch.rand(batch_size, device=device) * 10
@@ -77,11 +84,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument(
+        "--frames", type=int, default=0, help="clips of this many frames (0: images)"
+    )
     parser.add_argument("--one", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         on = args.one == "on"
-        print(json.dumps(run(args.net, args.batch_size, args.channels, args.image_size, on)))
+        sizes = (args.batch_size, args.channels, args.image_size)
+        print(json.dumps(run(args.net, *sizes, on, args.frames)))
         return
     results = {}
     for setting in ("off", "on"):

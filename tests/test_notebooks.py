@@ -54,3 +54,17 @@ def test_text_to_image_notebook_draws_a_prompt_grid(tiny_text_run, tmp_path, mon
     assert "row 8: a small red one on a black background, bottom left" in "".join(
         o.get("text", "") for o in nb.cells[-1].outputs
     )
+
+
+def test_video_notebook_draws_clips_and_predicts(tmp_path, monkeypatch):
+    from difftrain.cli.train import train
+    from tests.cli.test_video import CLIPS
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(tmp_path / "run", *CLIPS, "net.given_frames=true", "trainer.max_steps=2")
+    train(cfg)
+    monkeypatch.setenv("DIFFTRAIN_CKPT", f"{cfg.paths.output_dir}/checkpoints/last.ckpt")
+    monkeypatch.setenv("DIFFTRAIN_DATA_DIR", cfg.paths.data_dir)
+    nb = run_notebook("05_video.ipynb", tmp_path)
+    assert (tmp_path / "video_grid.gif").is_file()
+    assert "copy_last_ssim" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)

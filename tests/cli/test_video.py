@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from difftrain.cli.eval import evaluate
@@ -83,8 +84,6 @@ def test_a_clip_run_resumes_exactly(clip_run, tmp_path):
 
 
 def test_a_video_net_starts_as_an_image_run_frame_by_frame(tiny_checkpoint, tmp_path):
-    from hydra.utils import instantiate
-
     unconditional = ["net.num_classes=0", "model.label_dropout=0"]
     cfg = compose_cfg(tmp_path, *CLIPS, *unconditional, f"model.init_from={tiny_checkpoint}")
     module = instantiate(cfg.model)
@@ -123,3 +122,61 @@ def test_a_folder_of_video_files_trains_with_its_subfolders_as_classes(tmp_path)
     )
     with pytest.raises(FileNotFoundError, match="data.dataset.root"):
         train(missing)
+
+
+def test_a_net_given_frames_predicts_the_rest_and_gives_them_back_unchanged(tmp_path):
+    from difftrain.errors import ConfigError
+
+    cfg = compose_cfg(tmp_path / "run", *CLIPS, "net.given_frames=true")
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    truth = torch.randint(0, 256, (5, 4, 16, 16, 1), dtype=torch.uint8)
+    np.savez(tmp_path / "truth.npz", videos=truth.numpy())
+    args = [f"ckpt={ckpt}", "n=5", f"context={tmp_path / 'truth.npz'}", "batch_size=2"]
+    sample(compose_cfg(tmp_path, *args, "context_frames=2", f"out={tmp_path / 'p.npz'}",
+                       config_name="sample"))  # fmt: skip
+    predicted = torch.from_numpy(np.load(tmp_path / "p.npz")["videos"])
+    assert torch.equal(predicted[:, :2], truth[:, :2]) and not torch.equal(predicted, truth)
+    scores = json.loads((tmp_path / "p.prediction.json").read_text())
+    assert scores["context_frames"] == [0, 1] and {"ssim", "psnr", "mse", "copy_last_ssim"} <= set(
+        scores
+    )
+    sample(compose_cfg(tmp_path, *args, "context_frames=[0,3]", f"out={tmp_path / 'i.npz'}",
+                       config_name="sample"))  # fmt: skip
+    between = torch.from_numpy(np.load(tmp_path / "i.npz")["videos"])
+    assert torch.equal(between[:, [0, 3]], truth[:, [0, 3]])
+    sample(compose_cfg(tmp_path, f"ckpt={ckpt}", "n=3", "context=val", "context_frames=3",
+                       f"out={tmp_path / 'v.npz'}", config_name="sample"))  # fmt: skip
+    val = instantiate(load_trained(ckpt).config.data.dataset)("val")
+    real = val.images[:3].permute(0, 2, 3, 4, 1)
+    continued = np.load(tmp_path / "v.npz")
+    assert torch.equal(torch.from_numpy(continued["videos"])[:, :3], real[:, :3])
+    assert continued["labels"].tolist() == val.labels[:3].tolist()  # each clip as its own class
+    for bad, match in [("context_frames=4", "give 1 to 3"), ("context_frames=null", "missing"),
+                       ("n=6", "has 5 clips")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            sample(compose_cfg(tmp_path, *args, bad, config_name="sample"))
+
+
+def test_a_net_without_given_frames_refuses_a_context(clip_run, tmp_path):
+    from difftrain.errors import ConfigError
+
+    truth = torch.zeros(2, 4, 16, 16, 1, dtype=torch.uint8)
+    np.savez(tmp_path / "truth.npz", videos=truth.numpy())
+    cfg = compose_cfg(tmp_path, f"ckpt={clip_run / 'checkpoints' / 'last.ckpt'}", "n=2",
+                      f"context={tmp_path / 'truth.npz'}", "context_frames=1", config_name="sample")  # fmt: skip
+    with pytest.raises(ConfigError, match="net.given_frames=true"):
+        sample(cfg)
+    np.savez(tmp_path / "images.npz", images=np.zeros((2, 16, 16, 1), np.uint8))
+    cfg.context = str(tmp_path / "images.npz")
+    with pytest.raises(ConfigError, match="cannot read clips"):
+        sample(cfg)
+
+
+def test_the_animated_grid_goes_to_wandb_as_a_video(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_cfg(tmp_path, *[o for o in CLIPS if o != "logger=none"], "trainer.max_steps=2")
+    train(cfg)
+    videos = list(Path(cfg.paths.output_dir).rglob("media/videos/samples_*.gif"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 0

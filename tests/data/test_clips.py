@@ -130,3 +130,35 @@ def test_a_video_folder_decodes_its_clips_and_skips_the_unreadable_with_a_count(
         assert all(1.5 < b - a < 2.5 for a, b in zip(columns, columns[1:], strict=False))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         video_folder("train", str(tmp_path / "none"))
+
+
+def test_moving_digit_frames_are_single_frames_for_the_image_stage(tmp_path):
+    from difftrain.data.clips import moving_digit_frames
+
+    root = str(tmp_path / "no-mnist")
+    frames = moving_digit_frames("train", root, image_size=24)
+    clips = moving_digits("train", root, frames=1, image_size=24, clips={"train": None})
+    assert frames.images.shape == (1617, 1, 24, 24) and torch.equal(frames.labels, clips.labels)
+    assert not torch.equal(frames.images, clips.images[:, :, 0])  # placed elsewhere
+    ink = frames.images.float().sum((1, 2, 3))
+    assert torch.allclose(ink, clips.images.float().sum((1, 2, 3, 4)))  # the same glyphs
+    assert len(moving_digit_frames("val", root, images={"val": 50})) == 50
+
+
+def test_the_image_stage_inflates_into_the_video_recipe(tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_cfg
+
+    image = compose_cfg(tmp_path, "experiment=moving_digit_frames")
+    net = instantiate(image.net)
+    assert tuple(net.sample_shape) == (1, 32, 32)
+    path = tmp_path / "frames.ckpt"
+    torch.save(
+        {"state_dict": {f"ema.module.net.{k}": v for k, v in net.state_dict().items()}}, path
+    )
+    video = compose_cfg(tmp_path, "experiment=moving_digits", f"model.init_from={path}",
+                        "net.given_frames=true")  # fmt: skip
+    module = instantiate(video.model)
+    inflated = module.denoiser.net.state_dict()
+    assert all(torch.equal(inflated[k], v) for k, v in net.state_dict().items())

@@ -3,13 +3,16 @@ npz, with a preview beside it (a PNG grid, an animated GIF grid, a scatter plot)
 
 difftrain-sample ckpt=logs/train/runs/<run>/checkpoints/last.ckpt n=1000 out=samples.npz
 difftrain-sample ckpt=... sampler=ddim sampler.steps=20 seed=1
+difftrain-sample ckpt=<video run, net.given_frames=true> context=clips.npz context_frames=4
 """
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -21,7 +24,7 @@ from difftrain.config import CONFIG_DIR
 from difftrain.console import Progress, quoted
 from difftrain.data.images import SampleWriter
 from difftrain.data.media import Images
-from difftrain.diffusion.generate import class_labels
+from difftrain.diffusion.generate import check_given, class_labels
 from difftrain.diffusion.samplers import Sampler
 from difftrain.errors import ConfigError
 from difftrain.runs.preflight import check_values, check_writable, exit_on_bad_input, raise_problems
@@ -37,6 +40,9 @@ def sample(cfg: DictConfig) -> Path:
     Video checkpoints: uint8 clips (N, T, H, W, C) under `videos`, an animated grid (.gif) and a
     strip of frames (.png) beside. Low-dimensional (toy2d) checkpoints: float points (N, D) under
     `points`, a scatter plot beside.
+    With `context` (an npz of clips) and `context_frames`, a video checkpoint trained with given
+    frames predicts the rest of each clip (the given frames come back unchanged) and the
+    prediction is scored against the true frames (`<out>.prediction.json`).
     Sampling stopped (SIGTERM, Ctrl-C) or failed part-way leaves the samples drawn so far.
     """
     check_arguments(
@@ -52,7 +58,19 @@ def sample(cfg: DictConfig) -> Path:
             f"format={cfg.format} cannot hold {media.key}, which this checkpoint draws: use "
             f"format={media.formats[0]}"
         )
-    batches, sampler, labels = draw_batches(cfg, model, cfg.class_labels, prompts=prompts)
+    context = read_context(cfg, model)
+    requested = cfg.class_labels
+    if (
+        requested is None
+        and context is not None
+        and context.labels is not None
+        and model.num_classes
+    ):
+        requested = context.labels.tolist()  # each clip continued as its own class
+    batches, sampler, labels = draw_batches(cfg, model, requested, prompts=prompts, context=context)
+    drawn: list[torch.Tensor] = []
+    if context is not None:  # kept for the prediction scores
+        batches = ((drawn.append(x) or x, nfe) for x, nfe in batches)
     per_sample = {} if labels is None else {"labels": labels.numpy()}
     if prompts:
         per_sample["prompts"] = np.array([prompts[i % len(prompts)] for i in range(cfg.n)])
@@ -67,7 +85,105 @@ def sample(cfg: DictConfig) -> Path:
         f"wrote {cfg.n} {media.key} ({sampler.steps} steps, NFE {nfe}) to {quoted(out)} and "
         f"a preview to {quoted(preview)}"
     )
+    if context is not None:
+        write_prediction_scores(cfg, media, torch.cat(drawn), context)
     return out
+
+
+class Context(NamedTuple):
+    """The clips given to a prediction: model-range clips (n, *shape), the frames given (n, T),
+    the true clips as stored (uint8 (n, T, H, W, C)) and their class labels (n,), where known."""
+
+    clips: torch.Tensor
+    frame_mask: torch.Tensor
+    stored: torch.Tensor
+    labels: torch.Tensor | None = None
+
+
+def read_context(cfg: DictConfig, model: TrainedModel) -> Context | None:
+    """The first cfg.n clips of the npz `context` (`videos`, as difftrain-sample writes them),
+    given at `context_frames` (k: the first k frames; a list: those frames); None without one."""
+    if not cfg.get("context"):
+        if cfg.get("context_frames") is not None:
+            raise ConfigError(
+                "context_frames= names the frames of context=<npz of clips>: give both"
+            )
+        return None
+    media, shape = model.media, model.shape
+    stored, labels = validation_clips(model) if cfg.context == "val" else read_clips(cfg.context)
+    expected = (shape[1], *shape[2:], shape[0])  # (T, H, W, C)
+    if media.key != "videos" or tuple(stored.shape[1:]) != expected or stored.dtype != torch.uint8:
+        raise ConfigError(
+            f"context={cfg.context} holds {stored.dtype} {tuple(stored.shape)}, but this "
+            f"checkpoint draws clips (N, {', '.join(map(str, expected))}) of uint8"
+        )
+    if not getattr(model.diffusion.denoiser.net, "given_frames", False):
+        raise ConfigError(
+            f"context={cfg.context}: this checkpoint's net was not trained to read given frames. "
+            "Fix: train a video run with net.given_frames=true (README, Video: prediction)"
+        )
+    if len(stored) < cfg.n:
+        raise ConfigError(f"context={cfg.context} has {len(stored)} clips: set n<={len(stored)}")
+    frames, given = shape[1], cfg.get("context_frames")
+    if given is None:
+        raise ConfigError(
+            f"context_frames= is missing: k (the first k of {frames} frames) or a list"
+        )
+    index = list(range(int(given))) if isinstance(given, int) else [int(t) for t in given]
+    if not index or min(index) < 0 or max(index) >= frames or len(set(index)) >= frames:
+        raise ConfigError(
+            f"context_frames={given}: give 1 to {frames - 1} of the frames 0..{frames - 1}"
+        )
+    stored = stored[: cfg.n]
+    mask = torch.zeros(cfg.n, frames, dtype=torch.bool)
+    mask[:, index] = True
+    clips = media.normalize(media.from_stored(stored).float() / 255)
+    return Context(clips, mask, stored, None if labels is None else labels[: cfg.n])
+
+
+def read_clips(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The uint8 clips (N, T, H, W, C) under `videos` in the npz at `path`, and their `labels`
+    where it has them."""
+    try:
+        with np.load(path) as archive:
+            labels = torch.from_numpy(archive["labels"]) if "labels" in archive else None
+            return torch.from_numpy(archive["videos"]), labels
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(
+            f"context={path}: cannot read clips there ({type(e).__name__}: {e}). Fix: an npz "
+            "with uint8 `videos` (N, T, H, W, C), as difftrain-sample writes, or context=val"
+        ) from None
+
+
+def validation_clips(model: TrainedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation clips of the checkpoint's own dataset (its saved config), as stored, and
+    their labels."""
+    dataset = model.config.data.get("dataset")
+    if dataset is None or model.media.key != "videos":
+        raise ConfigError("context=val reads a video run's validation clips: give an npz instead")
+    try:
+        val = instantiate(dataset)("val")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"context=val: cannot load the run's validation clips ({e})") from None
+    clips = val.images  # uint8 (N, C, T, H, W)
+    return clips.permute(0, *range(2, clips.ndim), 1), val.labels  # channels last, as stored
+
+
+def write_prediction_scores(
+    cfg: DictConfig, media, predicted: torch.Tensor, context: Context
+) -> None:
+    """Score the predicted frames against the context's true ones (SSIM, PSNR, MSE and the
+    copy-last-frame baseline's), print them and write them beside cfg.out as JSON."""
+    from difftrain.evaluation.video import prediction_scores
+
+    scores = prediction_scores(
+        media.from_stored(predicted), media.from_stored(context.stored), context.frame_mask
+    )
+    path = Path(cfg.out).with_suffix(".prediction.json")
+    given = context.frame_mask[0].nonzero().flatten().tolist()
+    path.write_text(json.dumps({"context_frames": given, **scores}, indent=2) + "\n")
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+    print(f"prediction of the frames not given: {shown} (in {quoted(path)})")
 
 
 def open_writer(cfg: DictConfig, media: Images, per_sample: dict[str, np.ndarray]) -> SampleWriter:
@@ -195,6 +311,7 @@ def draw_batches(
     model: TrainedModel,
     requested_labels: Sequence[int] | None,
     prompts: Sequence[str] | None = None,
+    context: Context | None = None,
 ) -> tuple[Iterator[tuple[torch.Tensor, int]], Sampler, torch.Tensor | None]:
     """cfg.n samples with cfg's sampler (else the run's), seed, batch size and guidance (by
     cfg.guide's checkpoint where there is one), a batch at a time as they are drawn (with
@@ -203,13 +320,18 @@ def draw_batches(
     of all n."""
     sampler = instantiate(sampler_config(cfg, model))
     guide = load_guide(cfg.guide, model) if cfg.get("guide") else None
+    given = {}
+    if context is not None:  # the clips' frames (n, T) -> a mask (n, 1, T, 1, 1) over them
+        given = {"given": context.clips, "given_mask": context.frame_mask[:, None, :, None, None]}
     try:
         model.diffusion.check_guidance(cfg.guidance, guide)
+        if context is not None:
+            check_given(given["given"], given["given_mask"], cfg.n, model.shape)
     except ValueError as e:  # the arguments' fault: a message, not a traceback
         raise ConfigError(str(e)) from None
     batches = model.batches(
         cfg.n, sampler, seed=cfg.seed, batch_size=cfg.batch_size,
-        labels=requested_labels, prompts=prompts, guidance=cfg.guidance, guide=guide,
+        labels=requested_labels, prompts=prompts, guidance=cfg.guidance, guide=guide, **given,
     )  # fmt: skip
     prior = model.diffusion.class_prior
     labels = class_labels(cfg.n, model.num_classes, requested_labels, prior=prior)

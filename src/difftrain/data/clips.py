@@ -20,7 +20,13 @@ from torchvision.transforms import v2
 
 from difftrain.data.captioned import load_glyphs
 from difftrain.data.datamodule import ImageDataModule
-from difftrain.data.datasets import SPLITS, _classes, _resize_uint8, _split_indices
+from difftrain.data.datasets import (
+    SPLITS,
+    TensorImages,
+    _classes,
+    _resize_uint8,
+    _split_indices,
+)
 from difftrain.data.media import Videos
 
 log = logging.getLogger(__name__)
@@ -107,6 +113,26 @@ def moving_digits(
         corners.append(corner)
     clips = canvas[:, None]  # (N, T, H, W) -> (N, 1, T, H, W)
     return TensorClips(clips, labels, torch.stack(corners, dim=2))
+
+
+def moving_digit_frames(
+    split: str,
+    root: str | None = None,
+    image_size: int = 32,
+    num_digits: int = 1,
+    glyph_size: int | None = None,
+    images: Mapping[str, int | None] | None = None,
+    seed: int = 0,
+) -> TensorImages:
+    """Single frames of `moving_digits` (the glyphs at random places, the same sizes) as images
+    (N, 1, S, S): what an image net learns before `model.init_from` makes it a video net's
+    spatial layers. `images` caps each split (default: every glyph once)."""
+    caps = {"train": None, "val": 1000, **(images or {})}
+    clips = moving_digits(
+        split, root, frames=1, image_size=image_size, num_digits=num_digits,
+        glyph_size=glyph_size, clips=caps, seed=seed + 1,  # other places than the clips' starts
+    )  # fmt: skip
+    return TensorImages(clips.images[:, :, 0], clips.labels)
 
 
 def read_clip(path: Path, frames: int, stride: int = 1) -> Tensor:

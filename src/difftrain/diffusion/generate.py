@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from difftrain.diffusion.guidance import Autoguidance, ClassifierFreeGuidance
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
+from difftrain.nets.protocol import Cond
 from difftrain.streams import STEP_STREAM, golden_points, seeded_generator, seeded_noise
 
 
@@ -51,6 +52,31 @@ def prompt_tokens(
         return None
     rows = tokenizer.encode(list(prompts))
     return rows[torch.arange(start, start + n) % len(rows)]
+
+
+def given_values(x0: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """The conditioning of samples x0 (B, *shape) given where `mask` (broadcastable to x0, e.g. a
+    clip's frames (B, 1, T, 1, 1)) is true: `given`, x0 with 0 elsewhere, and `given_mask`, the
+    mask as x0's dtype. What the net reads, the loss leaves out and sampling gives back."""
+    mask = mask.to(x0.dtype)
+    return {"given": x0 * mask, "given_mask": mask}
+
+
+def keep_given(x: Tensor, cond: Cond) -> Tensor:
+    """Samples x (B, *shape) with the values that `cond` gives (`given_values`) put back."""
+    return torch.where(cond["given_mask"].bool(), cond["given"].to(x.dtype), x)
+
+
+def check_given(given: Tensor, mask: Tensor, n: int, shape: tuple[int, ...]) -> None:
+    """Fail, saying why, unless `given` is (n, *shape) and `mask` broadcasts to it leaving some
+    value of each sample to draw."""
+    if tuple(given.shape) != (n, *shape):
+        got = tuple(given.shape)
+        raise ValueError(f"given samples must be {(n, *shape)} (n, *sample_shape), got {got}")
+    if mask.ndim != given.ndim or len(mask) != n:
+        raise ValueError(f"the given mask {tuple(mask.shape)} must broadcast to {(n, *shape)}")
+    if mask.bool().expand_as(given).flatten(1).all(1).any():
+        raise ValueError("a sample is given whole: leave some of it to draw")
 
 
 @dataclass
@@ -104,6 +130,8 @@ class Diffusion:
         prompts: Sequence[str] | None = None,
         guidance: float = 1.0,
         guide: nn.Module | None = None,
+        given: Tensor | None = None,
+        given_mask: Tensor | None = None,
     ) -> Iterator[tuple[Tensor, int]]:
         """`generate`'s samples a batch at a time, on the CPU, each with the NFE per sample: what
         draws many samples with progress, keeping those drawn so far.
@@ -115,6 +143,11 @@ class Diffusion:
         with no prompt (the empty caption) when there are none. With guidance != 1,
         classifier-free guidance mixes in the unconditional prediction; with a `guide` (a weaker
         denoiser of the same data), autoguidance mixes in the guide's instead.
+
+        A net that reads given values (a video UNet with `given_frames`: prediction,
+        interpolation) draws the rest of samples `given` (n, *shape, in the model's range) from
+        their values where `given_mask` (broadcastable, e.g. (n, 1, T, 1, 1)) is true, which come
+        back unchanged (`given_values`; in training, `training.conditioners.GivenFrames`).
         """
         if n < 1:
             raise ValueError(f"the number of samples must be >= 1, got {n}")
@@ -134,6 +167,8 @@ class Diffusion:
             denoiser = Autoguidance(denoiser, guide, guidance)
         elif (y is not None or tokens is not None) and guidance != 1:
             denoiser = ClassifierFreeGuidance(denoiser, guidance, net.null_cond)
+        if given is not None:
+            check_given(given, given_mask, n, self.shape)
         device = next(self.denoiser.parameters()).device
         for first in range(start, start + n, batch_size):
             index = torch.arange(first, min(first + batch_size, start + n))
@@ -141,6 +176,11 @@ class Diffusion:
             cond = {} if y is None else {"class_labels": y[index - start].to(device)}
             if tokens is not None:
                 cond["text_tokens"] = tokens[index - start].to(device)
+            if given is not None:
+                rows = index - start
+                cond.update(given_values(given[rows].to(device), given_mask[rows].to(device)))
             steps = seeded_generator(seed, STEP_STREAM + first, device)
             x, nfe = sampler(denoiser, noise, self.schedule, cond=cond, generator=steps)
+            if given is not None:  # the given values, as they were
+                x = keep_given(x, cond)
             yield (x if self.decoder is None else self.decoder(x)).cpu(), nfe

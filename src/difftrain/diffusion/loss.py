@@ -71,7 +71,18 @@ def raw_error(
     x = x0 + expand_like(sigma, x0) * noise
     c_skip, c_out, _, _ = denoiser.objective.scalings(sigma)
     f = denoiser(x, sigma, cond, raw=True).float()
-    return (f - raw_target(x0, x, c_skip, c_out).float()).square().flatten(1).mean(1), c_out
+    return example_mean((f - raw_target(x0, x, c_skip, c_out).float()).square(), cond), c_out
+
+
+def example_mean(error: Tensor, cond: Cond | None = None) -> Tensor:
+    """The mean of each example's elementwise error (B, *shape) -> (B,), leaving out the values
+    that `cond` gives (`given_mask`, broadcastable: a clip's given frames): the net is not asked
+    to predict them."""
+    mask = None if cond is None else cond.get("given_mask")
+    if mask is None:
+        return error.flatten(1).mean(1)
+    keep = (1 - mask.float()).expand_as(error)
+    return (error * keep).flatten(1).sum(1) / keep.flatten(1).sum(1).clamp(min=1)
 
 
 @torch.no_grad()
@@ -89,5 +100,5 @@ def x0_error(
     EDM's lambda makes every noise level count about equally.
     """
     x = x0 + expand_like(sigma, x0) * noise
-    error = (denoiser(x, sigma, cond).float() - x0.float()).square().flatten(1).mean(1)
+    error = example_mean((denoiser(x, sigma, cond).float() - x0.float()).square(), cond)
     return EDMWeighting(sigma_data).x0_weight(sigma.float()) * error

@@ -153,3 +153,42 @@ class VideoEvaluator:
         if not self.real:
             self.setup()
         return self.score(self._features(clips), seed)
+
+
+def copy_last_given(clips: Tensor, frame_mask: Tensor) -> Tensor:
+    """The copy-last-frame baseline of prediction: every frame of clips (N, C, T, H, W) replaced
+    by the latest given frame at or before it (`frame_mask` (N, T); the first given one before
+    any is given)."""
+    t = torch.arange(clips.shape[2], device=clips.device).expand_as(frame_mask)
+    latest = torch.where(frame_mask.bool(), t, -1).cummax(1).values  # (N, T)
+    first = frame_mask.float().argmax(1, keepdim=True).expand_as(latest)
+    source = torch.where(latest < 0, first, latest)
+    index = source[:, None, :, None, None].expand_as(clips)
+    return clips.gather(2, index)
+
+
+def prediction_scores(predicted: Tensor, truth: Tensor, frame_mask: Tensor) -> dict[str, float]:
+    """SSIM, PSNR (dB) and MSE of the frames not given (`frame_mask` (N, T) false) of predicted
+    clips against the true ones, uint8 (N, C, T, H, W), in [0, 1], with torchmetrics; beside them
+    `copy_last_*`, the same for the copy-last-given-frame baseline."""
+    from torchmetrics.functional.image import (
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
+    if not (~frame_mask.bool()).any():
+        raise ValueError("every frame is given: there is no prediction to score")
+    frames = lambda clips: clips.float().div(255).transpose(1, 2)[~frame_mask.bool()]  # noqa: E731
+    truth_frames = frames(truth)  # (F, C, H, W): every predicted frame of every clip
+    scores = {}
+    for name, clips in (("", predicted), ("copy_last_", copy_last_given(truth, frame_mask))):
+        guess = frames(clips)
+        mse = (guess - truth_frames).square().flatten(1).mean(1)
+        scores[f"{name}ssim"] = structural_similarity_index_measure(
+            guess, truth_frames, data_range=1.0
+        ).item()
+        scores[f"{name}psnr"] = peak_signal_noise_ratio(
+            guess, truth_frames, data_range=1.0, reduction="none", dim=(1, 2, 3)
+        ).clamp(max=100).mean().item()  # fmt: skip
+        scores[f"{name}mse"] = mse.mean().item()
+    return scores

@@ -34,7 +34,10 @@ class UNet(nn.Module):
     temporal convolution and, at `temporal_attn_resolutions` (None: all), attention across the
     frames with a relative position bias (`nets.temporal`). Both are residual branches that start
     at zero, so at initialisation the net is its image net applied frame by frame, and an image
-    net's weights load into it by their names (`model.init_from`).
+    net's weights load into it by their names (`model.init_from`). With `given_frames`, it also
+    reads a clip's given frames (`given` (B, C, T, H, W), 0 where not given) and their mask
+    (`given_mask` (B, 1, T, 1, 1)) through one more input convolution, zero at first: prediction
+    and interpolation (`training.conditioners.GivenFrames`).
 
     Level i works at resolution image_size / 2^i with channels * channel_mult[i] channels and
     `num_res_blocks` residual blocks; self-attention follows each block at `attn_resolutions`.
@@ -69,6 +72,7 @@ class UNet(nn.Module):
         text_encoder: nn.Module | None = None,
         cross_attn_resolutions: Sequence[int] = (),
         temporal_attn_resolutions: Sequence[int] | None = None,
+        given_frames: bool = False,
     ):
         super().__init__()
         self.checkpoint_activations = checkpoint_activations
@@ -98,6 +102,14 @@ class UNet(nn.Module):
         text_dim = text_encoder.dim if text_encoder is not None else 0
         self.text_pool = nn.Linear(text_dim, emb_ch) if text_encoder is not None else None
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        if given_frames and not self.frames:
+            raise ValueError("net.given_frames=true needs clips: a sample_shape (C, T, H, W)")
+        self.given_frames = given_frames
+        # The given frames and their mask, read beside the noisy input (concatenated, as one
+        # convolution of both); zero at first, so an inflated net is still the image net. No
+        # bias: no frame given (zeros) is exactly no `given_frames` at all, as sampling passes.
+        given_in = nn.Conv2d(in_channels + 1, widths[0], 3, padding=1, bias=False)
+        self.given_in = zero_init(given_in) if given_frames else None
 
         def cross(ch: int) -> CrossAttention:
             return CrossAttention(ch, text_dim, min(head_channels, ch), norm_groups)
@@ -173,7 +185,13 @@ class UNet(nn.Module):
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
         text_tokens: Tensor | None = None,
+        given: Tensor | None = None,
+        given_mask: Tensor | None = None,
     ) -> Tensor:
+        if given is not None and self.given_in is None:
+            raise ValueError(
+                "frames given, but this UNet does not read them: net.given_frames=true"
+            )
         emb = self.noise_emb(c_noise.expand(x.shape[0]))
         context = None
         if self.text_encoder is not None:
@@ -193,6 +211,9 @@ class UNet(nn.Module):
         if self.checkpoint_activations and torch.is_grad_enabled():
             run = partial(checkpoint, _run, use_reentrant=False)
         h = self.conv_in(x)
+        if given is not None:  # (B, C, T, H, W) and its mask (B, 1, T, 1, 1) as one more channel
+            mask = given_mask.to(given.dtype).expand_as(given[:, :1])
+            h = h + self.given_in(as_frames(torch.cat([given, mask], dim=1)).to(h.dtype))
         skips = [h]
         for layers in self.down:
             h = run(layers, h, emb, context)

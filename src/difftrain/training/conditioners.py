@@ -4,17 +4,19 @@
 (`nets.protocol.Cond`), in training with null entries at random (`dropout`: what classifier-free
 guidance learns the unconditional model from), and sampling asks it for the prior that classes
 are drawn by. One class per kind: none, class labels, captions, and k-means clusters of the images
-standing in for labels. A new kind (the given frames of a video clip, say) is one more class,
-passed as `model.conditioning`; the module does not change.
+standing in for labels, and a clip's given frames beside any of them. A new kind is one more
+class, passed as `model.conditioning`; the module does not change.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from difftrain.diffusion.generate import given_values
 from difftrain.streams import WHOLE, Share
 from difftrain.text.tokenizer import PAD
 from difftrain.training.clusters import Clusters
@@ -127,9 +129,67 @@ class ClusterLabels(ClassLabels):
         return super().__call__(x0, self.clusters(x0), generator, share)
 
 
-def conditioning_for(net, dropout: float = 0.0, clusters: Clusters | None = None) -> Conditioning:
+class GivenFrames(Conditioning):
+    """A clip's given frames (RaMViD, Höppe et al. 2022; MCVD, Voleti et al. 2022) beside another
+    conditioning (`inner`: labels, captions or none): `given` (B, C, T, H, W), the clean frames
+    where given and 0 elsewhere, and `given_mask` (B, 1, T, 1, 1) (`generate.given_values`). In
+    training each clip draws one of `modes` uniformly: "none", "first" (the first k frames, k
+    uniform in 1 .. T-1: prediction) or "first_last" (interpolation); the loss leaves the given
+    frames out (`diffusion.loss`).
+    Outside training no frame is given; sampling passes its own (`Diffusion.generate(given=)`)."""
+
+    MODES = ("none", "first", "first_last")
+
+    def __init__(self, inner: Conditioning, modes: Sequence[str] = MODES):
+        super().__init__(inner.dropout)
+        unknown = sorted(set(modes) - set(self.MODES))
+        if unknown or not modes:
+            raise ValueError(
+                f"model.given_modes must be some of {list(self.MODES)}, got {list(modes)}"
+            )
+        self.inner, self.modes = inner, list(modes)
+
+    @property
+    def prior(self) -> Tensor | None:
+        return self.inner.prior
+
+    def setup(self, datamodule, denoisers):
+        self.inner.setup(datamodule, denoisers)
+
+    def __call__(self, x0, labels, generator=None, share=WHOLE):
+        cond = self.inner(x0, labels, generator, share)
+        if generator is None:
+            return cond
+        n, frames, device = len(x0) * share.world, x0.shape[2], x0.device
+        mode = share.of(torch.randint(len(self.modes), (n,), device=device, generator=generator))
+        k = share.of(torch.randint(1, max(frames, 2), (n,), device=device, generator=generator))
+        t = torch.arange(frames, device=device)
+        shapes = {
+            "none": torch.zeros_like(t, dtype=torch.bool)[None],
+            "first": t[None] < k[:, None],
+            "first_last": ((t == 0) | (t == frames - 1))[None] & (frames > 2),
+        }
+        mask = torch.zeros(len(x0), frames, dtype=torch.bool, device=device)
+        for i, name in enumerate(self.modes):
+            mask |= (mode == i)[:, None] & shapes[name]
+        mask = mask[:, None, :, None, None]  # (B, T) -> (B, 1, T, 1, 1)
+        return {**cond, **given_values(x0, mask)}
+
+
+def conditioning_for(
+    net,
+    dropout: float = 0.0,
+    clusters: Clusters | None = None,
+    given_modes: Sequence[str] = GivenFrames.MODES,
+) -> Conditioning:
     """The conditioning a net reads: k-means clusters (model.clusters), captions (a net with a
-    tokenizer), class labels (net.num_classes > 0), or none."""
+    tokenizer), class labels (net.num_classes > 0), or none; and a clip's given frames besides
+    for a net that reads them (net.given_frames), drawn by `given_modes`."""
+    inner = _conditioning_for(net, dropout, clusters)
+    return GivenFrames(inner, given_modes) if getattr(net, "given_frames", False) else inner
+
+
+def _conditioning_for(net, dropout: float, clusters: Clusters | None) -> Conditioning:
     if clusters is not None:
         if net.num_classes != clusters.k:
             raise ValueError(

@@ -22,7 +22,7 @@ from difftrain.streams import TRAINING_STREAM, Share, seeded_generator
 from difftrain.training.augment import AugmentPipe
 from difftrain.training.budget import ScheduleClock, go_to_step, time_budget
 from difftrain.training.clusters import Clusters
-from difftrain.training.conditioners import Conditioning, conditioning_for
+from difftrain.training.conditioners import Conditioning, GivenFrames, conditioning_for
 from difftrain.training.ema import EMA
 from difftrain.training.optim import (
     clip_gradients,
@@ -54,7 +54,9 @@ class DiffusionModule(L.LightningModule):
 
     `conditioning` (`training.conditioners`) turns each batch into the net's conditioning, with
     the null entries classifier-free guidance needs at rate `label_dropout`; by default the one the
-    net reads: class labels, captions, or with `clusters` each example's k-means cluster.
+    net reads: class labels, captions, or with `clusters` each example's k-means cluster; for a
+    video net that reads given frames (`net.given_frames`), a clip's frames besides, given as
+    `given_modes` draw them (prediction, interpolation; `training.conditioners.GivenFrames`).
 
     With `init_from` (an image run's checkpoint), a video net starts from that run's EMA weights
     in its spatial layers (`nets.temporal.inflate`): at first it is the image net frame by frame.
@@ -90,12 +92,15 @@ class DiffusionModule(L.LightningModule):
         clusters: Clusters | None = None,
         conditioning: Conditioning | None = None,
         init_from: str | None = None,
+        given_modes: Sequence[str] = GivenFrames.MODES,
     ):
         super().__init__()
         check_compatible(schedule, objective)
         if init_from:  # before the EMA copies the net: both start from these weights
             load_image_net(net, init_from)
-        self.conditioning = conditioning or conditioning_for(net, label_dropout, clusters)
+        self.conditioning = conditioning or conditioning_for(
+            net, label_dropout, clusters, given_modes
+        )
         sampler.check(schedule)
         if augment is not None and net.augment_dim != augment.label_dim:
             raise ValueError(

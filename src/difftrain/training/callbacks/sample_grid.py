@@ -13,7 +13,8 @@ from difftrain.training.callbacks.cadence import EveryNValidations
 
 class SampleGrid(L.Callback):
     """Writes `dirpath/step_XXXXXXX.png` (the datamodule draws it: a grid of images, a scatter
-    plot of points) and logs it to W&B as `samples` (rank zero only).
+    plot of points; for clips an animated `.gif`) and logs it to W&B as `samples`, an image or a
+    video (rank zero only).
 
     A class-conditional model draws classes 0, 1, 2, ... in turn, a model that reads text the
     validation set's first captions (written beside the grid, `step_XXXXXXX.txt`, in grid order),
@@ -56,9 +57,9 @@ class SampleGrid(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 caption = [f"step {trainer.global_step}, NFE {nfe}"]
-                logger.log_image(
-                    "samples", [str(self.last_path)], step=trainer.global_step, caption=caption
-                )
+                # An animated grid of clips is a W&B video (the GIF as written), else an image.
+                log = logger.log_video if self.last_path.suffix == ".gif" else logger.log_image
+                log("samples", [str(self.last_path)], step=trainer.global_step, caption=caption)
 
     def summary(self) -> dict[str, Any]:
         return {"sample_grid": str(self.last_path)} if self.last_path else {}
