@@ -60,11 +60,14 @@ def test_difftrain_sample_writes_uint8_clips_and_eval_scores_them(clip_run, tmp_
         tmp_path, f"samples={tmp_path / 'clips.npz'}", f"data.dataset.root={tmp_path}",
         "data=moving_digits", "data.frames=4", "data.image_size=16", "evaluator=video",
         "evaluator.frames.classifier_images=5000", "evaluator.frames.min_accuracy=0",
-        "evaluator.max_reference_clips=16", f"out={tmp_path / 'eval.json'}", config_name="eval",
+        "evaluator.max_reference_clips=16", "evaluator.clip_classifier_examples=1200",
+        "evaluator.clip_classifier_min_accuracy=0",
+        f"out={tmp_path / 'eval.json'}", config_name="eval",
     )  # fmt: skip
     scored.data.dataset.clips = {"train": 200, "val": 16}
     metrics = evaluate(scored)["metrics"]
-    assert {"fid", "identity_consistency", "flicker_ratio", "speed_ratio"} <= set(metrics)
+    assert {"fid", "identity_consistency", "flicker_ratio", "speed_ratio", "clip_fd",
+            "real_clip_fd"} <= set(metrics)  # fmt: skip
     images = compose_cfg(tmp_path, f"ckpt={ckpt}", "n=4", config_name="eval")
     with pytest.raises(Exception, match="evaluator=video"):
         evaluate(images)  # the image evaluator cannot score clips: says which can
@@ -96,6 +99,15 @@ def test_a_video_net_starts_as_an_image_run_frame_by_frame(tiny_checkpoint, tmp_
     bad = compose_cfg(tmp_path, *CLIPS, f"model.init_from={tmp_path / 'none.ckpt'}")
     with pytest.raises(Exception, match="model.init_from=.*cannot read"):
         instantiate(bad.model)
+
+
+def test_a_video_dit_trains_on_clips_and_draws_them(tmp_path):
+    cfg = compose_cfg(tmp_path, *CLIPS, "net=video_dit_tiny", "trainer.max_steps=2")
+    train(cfg)
+    model = load_trained(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    assert model.shape == (1, 4, 16, 16) and any(model.diffusion.denoiser.net.temporal)
+    clips, _ = model.sample(2, labels=[3, 4])
+    assert clips.shape == (2, 4, 16, 16, 1) and clips.dtype == torch.uint8
 
 
 def test_a_folder_of_video_files_trains_with_its_subfolders_as_classes(tmp_path):

@@ -41,7 +41,9 @@ def test_the_video_evaluator_scores_real_clips_as_real_and_shuffled_frames_as_br
     clips = partial(moving_digits, root=str(tmp_path / "no-mnist"), frames=6, image_size=24)
     frames = Evaluator(FrameDatasets(clips), 10, cache_dir=str(CACHE), classifier_images=20_000,
                        min_accuracy=0.8, kid_subset_size=100)  # fmt: skip
-    evaluator = VideoEvaluator(clips, frames, reference_split="val", max_reference_clips=180)
+    evaluator = VideoEvaluator(clips, frames, reference_split="val", max_reference_clips=180,
+                               clip_classifier_clips=1000, clip_classifier_examples=6000,
+                               clip_classifier_min_accuracy=0.3)  # fmt: skip
     evaluator.setup()
     real = clips("train").images[:180]
     scores = evaluator(real)
@@ -53,3 +55,8 @@ def test_the_video_evaluator_scores_real_clips_as_real_and_shuffled_frames_as_br
     assert abs(shuffled["fid"] - scores["fid"]) < 1e-3  # the same frames: per-frame FID alike
     frozen = evaluator(real[:, :, :1].expand(-1, -1, 6, -1, -1).contiguous())
     assert frozen["speed_ratio"] == 0 and frozen["identity_consistency"] == 1
+    # The 3D CNN's distance sees what per-frame FID cannot: the order of the frames.
+    floor = scores["real_clip_fd"]
+    assert scores["clip_fd"] < 2 * floor, scores  # training clips it learned from, near the floor
+    assert shuffled["clip_fd"] > 5 * floor and frozen["clip_fd"] > 5 * floor, (shuffled, frozen)
+    assert evaluator.info["clip_classifier_test_accuracy"] > 0.3  # of 30: class x order

@@ -70,3 +70,49 @@ def test_checkpointing_keeps_gradients():
 def test_an_image_size_that_is_not_whole_patches_is_refused():
     with pytest.raises(ValueError, match="image size 9 is not a whole number of 2-pixel patches"):
         DiT((1, 9, 9), **TINY)
+
+
+def test_a_dit_of_clips_keeps_frames_apart_until_its_temporal_blocks_speak():
+    """Latte's interleaving: even blocks within a frame, odd blocks across frames. With the
+    temporal blocks' gates at zero, each frame's output depends on that frame alone."""
+    torch.manual_seed(0)
+    net = DiT((1, 4, 8, 8), **TINY, num_classes=3)
+    assert net.temporal == [False, True] and net.blocks[1].cross is None
+    x, c, labels = torch.randn(2, 1, 4, 8, 8), torch.randn(2), torch.tensor([0, 2])
+    out = net(x, c, class_labels=labels)
+    assert out.shape == x.shape and torch.count_nonzero(out) == 0  # adaLN-Zero, clips too
+    randomize(net)
+    changed = x.clone()
+    changed[:, :, 0] += 1.0  # only the first frame
+    delta = (net(changed, c, class_labels=labels) - net(x, c, class_labels=labels)).abs()
+    assert delta[:, :, 3].max() > 1e-4  # the last frame hears of it
+    torch.nn.init.zeros_(net.blocks[1].ada[1].weight)  # the temporal block silenced
+    torch.nn.init.zeros_(net.blocks[1].ada[1].bias)
+    delta = (net(changed, c, class_labels=labels) - net(x, c, class_labels=labels)).abs()
+    assert delta[:, :, 0].max() > 1e-4 and delta[:, :, 1:].max() == 0
+    frame = DiT((1, 8, 8), **TINY, num_classes=3)  # the same spatial weights on one frame
+    frame.load_state_dict(net.state_dict())
+    torch.testing.assert_close(
+        frame(x[:, :, 2], c, class_labels=labels),
+        net(x, c, class_labels=labels)[:, :, 2],
+    )
+    with pytest.raises(ValueError, match=r"clips \[1, 4\] \+ \(H, W\)"):
+        net.check_shape((1, 8, 8, 8))
+
+
+def test_a_dit_of_clips_reads_prompts_and_checkpoints_alike():
+    torch.manual_seed(0)
+    encoder = TinyTextEncoder(["a", "red", "blue", "seven"], max_length=4, dim=8, heads=2)
+    net = DiT((1, 3, 8, 8), **TINY, text_encoder=encoder)
+    randomize(net)
+    x, c = torch.randn(2, 1, 3, 8, 8), torch.randn(2)
+    tokens = net.tokenizer.encode(["a red seven", "a blue seven"])
+    grads = []
+    for on in (False, True):
+        net.checkpoint_activations = on
+        net.zero_grad()
+        out = net(x, c, text_tokens=tokens)
+        out.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0])
+    assert not torch.allclose(out, net(x, c, text_tokens=tokens.flip(0)))

@@ -122,10 +122,13 @@ def train_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     what: str = "the classifier",
-) -> tuple[Classifier, float]:
-    """Train on `train` with random translations of up to 2 pixels; returns the model and its test accuracy."""
+    build: Callable[[], nn.Module] | None = None,
+) -> tuple[nn.Module, float]:
+    """Train a `Classifier` (or what `build` makes: a module taking uint8 images or clips to
+    (features, logits)) on `train` with random translations of up to 2 pixels; returns the model
+    and its test accuracy."""
     torch.manual_seed(seed)
-    model = Classifier(channels, num_classes)
+    model = build() if build is not None else Classifier(channels, num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     batch_size = min(batch_size, len(train))
     loader = DataLoader(_AsUint8(train), batch_size=batch_size, shuffle=True, drop_last=True)
@@ -135,7 +138,7 @@ def train_classifier(
         model.train()
         for x, y in loader:
             shift = torch.randint(-2, 3, (2,)).tolist()  # one random translation per batch
-            x = torch.roll(x, shifts=shift, dims=(2, 3))
+            x = torch.roll(x, shifts=shift, dims=(-2, -1))  # (H, W) of images or of clips
             loss = F.cross_entropy(model(x)[1], y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,9 +157,10 @@ def load_or_train_classifier(
     num_classes: int,
     epochs: int,
     what: str = "the evaluation classifier",
+    build: Callable[[], nn.Module] | None = None,
 ) -> tuple[Path, float]:
-    """The cached classifier for `key` (trained on first use, saying so as `what`); its weights
-    file and test accuracy."""
+    """The cached classifier for `key` (trained on first use, saying so as `what`; a `Classifier`,
+    or what `build` makes); its weights file and test accuracy."""
     if num_classes < 2:
         raise ValueError(
             "evaluator=classifier needs a labelled dataset (data.num_classes >= 2, got "
@@ -176,7 +180,7 @@ def load_or_train_classifier(
         )  # fmt: skip
         start = time.perf_counter()
         model, acc = train_classifier(
-            train, datasets("val"), channels, num_classes, epochs, what=what
+            train, datasets("val"), channels, num_classes, epochs, what=what, build=build
         )
         state = {"config": model.config, "state_dict": model.state_dict(), "test_accuracy": acc}
         save_atomically(state, path)

@@ -28,11 +28,13 @@ LAYERS = {INCEPTION: ("2048", "logits_unbiased"), CLASSIFIER: ("features", "logi
 @dataclass
 class FeatureSet:
     """Features (N, D) for FID, KID and precision/recall; logits (N, K) for IS and class coverage;
-    for clips also measures of each clip (N_clips, M) (`evaluation.video`), N counting frames."""
+    for clips also measures of each clip (N_clips, M) and its features of the clip classifier
+    (N_clips, D') (`evaluation.video`), N counting frames."""
 
     features: Tensor
     logits: Tensor
     per_clip: Tensor | None = None
+    clip_features: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.features)

@@ -12,6 +12,10 @@ of the dataset's own classifier), trained and referenced on one frame of each cl
 
 Each comes with the real clips' value (`real_*`) and, for the last three, the ratio to it.
 The motion measures read one moving object per clip (moving_digits with num_digits=1).
+
+Whole clips: `clip_fd`, the Fréchet distance on the features of a small 3D CNN trained on the
+training clips (`evaluation.clip_classifier`; not FVD), against the reference clips, beside
+`real_clip_fd`, the same distance for as many real training clips (its floor).
 """
 
 from __future__ import annotations
@@ -23,8 +27,17 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from difftrain.data.datasets import TensorImages
+from difftrain.evaluation.classifier import load_or_train_classifier
+from difftrain.evaluation.clip_classifier import (
+    ORDERS,
+    ClipClassifier,
+    OrderTask,
+    clip_classifier_key,
+    epochs_for,
+)
 from difftrain.evaluation.evaluator import Evaluator, dataset_uint8
 from difftrain.evaluation.features import FeatureSet, extract_features
+from difftrain.evaluation.metrics import frechet_distance
 
 MOTION = ("flicker", "speed", "motion_deviation")
 
@@ -79,9 +92,11 @@ def clip_measures(clips: Tensor, low: Tensor, high: Tensor, margin: float) -> Te
 class VideoEvaluator:
     """Scores uint8 clips (N, C, T, H, W): the `frames` evaluator on every frame (its metrics
     under their names: fid is the per-frame FID), identity consistency, flicker, speed and
-    motion deviation against up to `max_reference_clips` real clips of `reference_split`.
-    The same interface as `Evaluator` (setup, features, score, info), so training's evaluation
-    callback and difftrain-eval take either."""
+    motion deviation against up to `max_reference_clips` real clips of `reference_split`, and
+    with `clip_classifier_clips` > 0 the clip classifier's Fréchet distance, its classifier
+    trained (once, cached beside the frame classifier) on that many training clips for about
+    `clip_classifier_examples` examples. The same interface as `Evaluator` (setup, features,
+    score, info), so training's evaluation callback and difftrain-eval take either."""
 
     def __init__(
         self,
@@ -90,11 +105,19 @@ class VideoEvaluator:
         reference_split: str = "val",
         max_reference_clips: int = 1000,
         bounce_margin: float = 3.0,
+        clip_classifier_clips: int = 10_000,
+        clip_classifier_examples: int = 60_000,
+        clip_classifier_min_accuracy: float = 0.8,
     ):
         self.datasets, self.frame_evaluator = datasets, frames
         self.reference_split, self.max_reference_clips = reference_split, max_reference_clips
         self.bounce_margin = bounce_margin
+        self.clip_classifier_clips = clip_classifier_clips
+        self.clip_classifier_examples = clip_classifier_examples
+        self.clip_classifier_min_accuracy = clip_classifier_min_accuracy
+        self.clip_classifier: ClipClassifier | None = None
         self.real: dict[str, float] = {}
+        self.real_clip_features = self.floor_clip_features = None
         self.low = self.high = None
 
     @property
@@ -114,8 +137,62 @@ class VideoEvaluator:
         clips = dataset_uint8(self.datasets(self.reference_split), self.max_reference_clips)
         c = centroids(clips)
         self.low, self.high = c.flatten(0, 1).amin(0), c.flatten(0, 1).amax(0)
-        self.real = self._summary(self._features(clips))
+        if self.clip_classifier_clips > 0:
+            self._setup_clip_classifier(device)
+        real = self._features(clips)
+        self.real = self._summary(real)
+        self.real_clip_features = real.clip_features
         self.info["reference_clips"] = f"{self.reference_split}:{len(clips)}"
+
+    def _setup_clip_classifier(self, device: torch.device | str) -> None:
+        """The clip classifier (cached, or trained now on the first `clip_classifier_clips`
+        training clips), and the features of as many later training clips as the reference
+        has, for the real-vs-real floor."""
+        train_set = self.datasets("train")
+        train = dataset_uint8(train_set)
+        labels = getattr(train_set, "labels", None)
+        used = min(self.clip_classifier_clips, len(train))
+        classes = self.frame_evaluator.num_classes if labels is not None else 0
+        val_set = self.datasets(self.reference_split)
+        tasks = {
+            "train": OrderTask(train[:used], None if not classes else labels[:used]),
+            "val": OrderTask(
+                dataset_uint8(val_set, self.max_reference_clips),
+                None
+                if not classes
+                else torch.as_tensor(val_set.labels)[: self.max_reference_clips],
+                seed=1,
+            ),
+        }
+        outputs = max(classes, 1) * len(ORDERS)
+        epochs = epochs_for(self.clip_classifier_examples, len(tasks["train"]), 100)
+        path, accuracy = load_or_train_classifier(
+            clip_classifier_key(train[:used], classes, used, epochs),
+            self.frame_evaluator.cache_dir, tasks.__getitem__, train.shape[1], outputs, epochs,
+            "the clip classifier", lambda: ClipClassifier(train.shape[1], outputs),
+        )  # fmt: skip
+        self.info["clip_classifier_test_accuracy"] = accuracy
+        if accuracy < self.clip_classifier_min_accuracy:
+            raise ValueError(
+                f"the clip classifier ({path}) reaches only {accuracy:.3f} accuracy on held-out "
+                f"clips (class and order), below evaluator.clip_classifier_min_accuracy="
+                f"{self.clip_classifier_min_accuracy}: train it on more "
+                "(evaluator.clip_classifier_examples), or set evaluator.clip_classifier_clips=0"
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.clip_classifier = ClipClassifier(**state["config"])
+        self.clip_classifier.load_state_dict(state["state_dict"])
+        self.clip_classifier.eval().to(device)
+        unseen = train[used : used + self.max_reference_clips]  # clips it did not train on
+        floor = unseen if len(unseen) >= 2 else train[: self.max_reference_clips]
+        self.floor_clip_features = self._clip_features(floor)
+
+    @torch.no_grad()
+    def _clip_features(self, clips: Tensor) -> Tensor:
+        """The clip classifier's features (N, D) of uint8 clips (N, C, T, H, W)."""
+        device = next(self.clip_classifier.parameters()).device
+        batches = clips.split(self.frame_evaluator.batch_size)
+        return torch.cat([self.clip_classifier(b.to(device))[0].float().cpu() for b in batches])
 
     def _features(self, clips: Tensor) -> FeatureSet:
         if clips.dtype != torch.uint8 or clips.ndim != 5:
@@ -126,7 +203,8 @@ class VideoEvaluator:
         self.frame_evaluator.check_images(frames)
         per_frame = extract_features(self.extractor, frames, self.frame_evaluator.batch_size)
         measures = clip_measures(clips, self.low, self.high, self.bounce_margin)
-        return FeatureSet(per_frame.features, per_frame.logits, per_clip=measures)
+        whole = self._clip_features(clips) if self.clip_classifier is not None else None
+        return FeatureSet(per_frame.features, per_frame.logits, measures, whole)
 
     def features(self, samples: Tensor, datamodule: object) -> FeatureSet:
         """Features and measures of model-range clips, made uint8 by the datamodule's media."""
@@ -146,6 +224,12 @@ class VideoEvaluator:
             results[name], results[f"real_{name}"] = value, self.real[name]
             if name in MOTION:
                 results[f"{name}_ratio"] = value / max(self.real[name], 1e-12)
+        if features.clip_features is not None and self.real_clip_features is not None:
+            n = len(features.clip_features)  # the floor with as many clips: FD's bias depends on n
+            results["clip_fd"] = frechet_distance(features.clip_features, self.real_clip_features)
+            results["real_clip_fd"] = frechet_distance(
+                self.floor_clip_features[:n], self.real_clip_features
+            )
         return results
 
     def __call__(self, clips: Tensor, seed: int = 0) -> dict[str, object]:

@@ -1,4 +1,5 @@
-"""A diffusion transformer (Peebles & Xie 2023, "DiT"), with cross-attention to text tokens."""
+"""A diffusion transformer (Peebles & Xie 2023, "DiT"), with cross-attention to text tokens, and
+for clips spatial and temporal blocks interleaved (Ma et al. 2024, "Latte", variant 1)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ from torch.utils.checkpoint import checkpoint
 from difftrain.nets.conditioning import add_labels, null_class, read_prompt
 from difftrain.nets.layers import NoiseEmbedding
 from difftrain.nets.protocol import Cond
+from difftrain.nets.temporal import as_clips, as_frames
+
+
+def sincos(positions: Tensor, dim: int) -> Tensor:
+    """Fixed sine-cosine embeddings (N, dim) of positions (N,): sines, then cosines."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half) / half)
+    angles = positions[:, None].float() * freqs  # (N, half)
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 def sincos_positions(grid: int, dim: int) -> Tensor:
-    """Fixed 2-D sine-cosine position embeddings (grid * grid, dim), as DiT's."""
-    quarter = dim // 4
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(quarter) / quarter)
+    """Fixed 2-D sine-cosine position embeddings (grid * grid, dim), as DiT's: half for the row,
+    half for the column."""
     ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    parts = [
-        f(pos.flatten()[:, None].float() * freqs)
-        for pos in (ys, xs)
-        for f in (torch.sin, torch.cos)
-    ]
-    return torch.cat(parts, dim=1)
+    return torch.cat([sincos(ys.flatten(), dim // 2), sincos(xs.flatten(), dim // 2)], dim=1)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -57,10 +61,21 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.cross.out_proj.weight)
             nn.init.zeros_(self.cross.out_proj.bias)
 
-    def forward(self, x: Tensor, c: Tensor, context: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        c: Tensor,
+        context: tuple[Tensor, Tensor] | None,
+        positions: Tensor | None = None,
+    ) -> Tensor:
+        """x (B, N, D), c (B, D); `positions` (N, D), where given, are added to what the
+        self-attention reads, not to the residual stream."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)
         B, N, D = x.shape
-        qkv = self.qkv(modulate(self.norm1(x), shift1, scale1)).reshape(B, N, 3, self.heads, -1)
+        h = modulate(self.norm1(x), shift1, scale1)
+        if positions is not None:
+            h = h + positions.to(h.dtype)
+        qkv = self.qkv(h).reshape(B, N, 3, self.heads, -1)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
         h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
         x = x + gate1[:, None] * self.proj(h)
@@ -81,6 +96,13 @@ class DiT(nn.Module):
     every block (adaLN-Zero). With a `text_encoder`, each block also cross-attends to the prompt's
     token states (the "cross-attention" DiT variant). Class labels, the null class, text tokens and
     the empty caption work as in `nets.unet.UNet`.
+
+    Given a `sample_shape` (C, T, H, W), it takes clips: every frame is cut into patches alike,
+    and the blocks alternate between attention among one frame's patches (even blocks, which
+    also cross-attend to the prompt) and attention across the T frames at one patch position
+    (odd blocks: Latte, Ma et al. 2024, Sec. 3.2, variant 1). The frames' sine-cosine positions
+    enter what each temporal attention reads, not the residual stream as in Latte, so that with
+    the temporal blocks at their zero start the net is its image DiT frame by frame.
     """
 
     def __init__(
@@ -98,12 +120,15 @@ class DiT(nn.Module):
     ):
         super().__init__()
         self.patch_size = patch_size
-        if len(sample_shape) != 3 or sample_shape[1] != sample_shape[2]:
+        shape = tuple(int(n) for n in sample_shape)
+        if len(shape) not in (3, 4) or shape[-2] != shape[-1]:
             raise ValueError(
-                f"a DiT takes square images (C, H, W), not sample_shape {list(sample_shape)}"
+                f"a DiT takes square images (C, H, W) or clips (C, T, H, W), not sample_shape "
+                f"{list(shape)}"
             )
-        in_channels, image_size = int(sample_shape[0]), int(sample_shape[-1])
-        self.check_shape(sample_shape)
+        self._sample_shape, self.frames = shape, shape[1] if len(shape) == 4 else 0
+        in_channels, image_size = shape[0], shape[-1]
+        self.check_shape(shape)
         if dim % heads or dim % 4:
             raise ValueError(f"DiT dim {dim} must be divisible by heads={heads} and by 4")
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
@@ -111,6 +136,8 @@ class DiT(nn.Module):
         self.patchify = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         grid = image_size // patch_size
         self.register_buffer("positions", sincos_positions(grid, dim), persistent=False)
+        frame_positions = sincos(torch.arange(self.frames), dim)  # (T, dim); (0, dim) for images
+        self.register_buffer("frame_positions", frame_positions, persistent=False)
         self.noise_emb = NoiseEmbedding(dim, dim)
         self.class_emb = nn.Embedding(num_classes + 1, dim) if num_classes else None
         self.augment_emb = nn.Linear(augment_dim, dim, bias=False) if augment_dim else None
@@ -118,8 +145,11 @@ class DiT(nn.Module):
         self.tokenizer = getattr(text_encoder, "tokenizer", None)
         self.text_pool = nn.Linear(text_encoder.dim, dim) if text_encoder is not None else None
         self.text_proj = nn.Linear(text_encoder.dim, dim) if text_encoder is not None else None
+        # Clips: odd blocks attend across frames (no text there); images: every block is spatial.
+        self.temporal = [bool(self.frames) and i % 2 == 1 for i in range(depth)]
         self.blocks = nn.ModuleList(
-            DiTBlock(dim, heads, mlp_ratio, cross=text_encoder is not None) for _ in range(depth)
+            DiTBlock(dim, heads, mlp_ratio, cross=text_encoder is not None and not temporal)
+            for temporal in self.temporal
         )
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
@@ -129,17 +159,19 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return (self.in_channels, self.image_size, self.image_size)
+    def sample_shape(self) -> tuple[int, ...]:
+        return self._sample_shape
 
     def null_cond(self, cond: Cond) -> dict[str, Tensor]:
         return null_class(cond, self.num_classes)
 
     def check_shape(self, shape: Sequence[int]) -> None:
-        """Fail unless samples of `shape` are square images of a whole number of patches."""
-        size = shape[-1]
-        if len(shape) != 3 or shape[-2] != size:
-            raise ValueError(f"a DiT takes square images (C, H, W), not {list(shape)}")
+        """Fail unless samples of `shape` are square images (or clips of this net's frames) of a
+        whole number of patches."""
+        size, own = shape[-1], self._sample_shape
+        if len(shape) != len(own) or shape[-2] != size or tuple(shape[:-2]) != own[:-2]:
+            kind = f"clips {list(own[:-2])} + (H, W)" if self.frames else "square images (C, H, W)"
+            raise ValueError(f"this DiT takes {kind}, not {list(shape)}")
         if size % self.patch_size:
             raise ValueError(
                 f"image size {size} is not a whole number of {self.patch_size}-pixel patches: use "
@@ -155,7 +187,7 @@ class DiT(nn.Module):
         augment_labels: Tensor | None = None,
         text_tokens: Tensor | None = None,
     ) -> Tensor:
-        B, C, H, W = x.shape
+        B = x.shape[0]
         c = self.noise_emb(c_noise.expand(B))
         c = add_labels(
             c, self.num_classes, self.class_emb, class_labels, self.augment_emb, augment_labels
@@ -165,15 +197,30 @@ class DiT(nn.Module):
             states, mask, pooled = read_prompt(self.text_encoder, text_tokens, B, x.device)
             c = c + self.text_pool(pooled.to(c.dtype))
             context = (self.text_proj(states), mask)
+        T = max(self.frames, 1)
+        if self.frames:  # every frame through the spatial blocks, with its clip's conditioning
+            x = as_frames(x)  # (B, C, T, H, W) -> (B*T, C, H, W)
+            c = c.repeat_interleave(T, 0)  # (B, D) -> (B*T, D)
+            if context is not None:
+                context = tuple(t.repeat_interleave(T, 0) for t in context)
+        C, H, W = x.shape[1:]
         tokens = self.patchify(x).flatten(2).transpose(1, 2) + self.positions.to(x.dtype)
+        N = tokens.shape[1]  # (B*T, N, D): N patches per frame
+        per_patch = c[::T].repeat_interleave(N, 0)  # (B, D) -> (B*N, D)
         run = (
             partial(checkpoint, use_reentrant=False)
             if self.checkpoint_activations and torch.is_grad_enabled()
             else (lambda f, *args: f(*args))
         )
-        for block in self.blocks:
-            tokens = run(block, tokens, c, context)
+        for block, temporal in zip(self.blocks, self.temporal, strict=True):
+            if not temporal:
+                tokens = run(block, tokens, c, context)
+                continue
+            across = tokens.unflatten(0, (B, T)).transpose(1, 2).flatten(0, 1)  # (B*N, T, D)
+            across = run(block, across, per_patch, None, self.frame_positions)
+            tokens = across.unflatten(0, (B, N)).transpose(1, 2).flatten(0, 1)  # (B*T, N, D)
         shift, scale = self.ada_out(c).chunk(2, dim=1)
-        out = self.out(modulate(self.norm_out(tokens), shift, scale))  # (B, N, p * p * C)
+        out = self.out(modulate(self.norm_out(tokens), shift, scale))  # (B*T, N, p * p * C)
         p, g = self.patch_size, H // self.patch_size
-        return out.reshape(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
+        out = out.reshape(-1, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(-1, C, H, W)
+        return as_clips(out, self.frames) if self.frames else out  # (B, C, [T,] H, W)
