@@ -30,14 +30,21 @@ OmegaConf.register_new_resolver("video_folder_classes", _video_folder_classes, r
 
 def _caption_vocab(kind: str, root: str | None = None) -> ListConfig:
     """The words of a dataset's captions (its tokenizer's vocabulary):
-    ${caption_vocab:captioned_digits}, or ${caption_vocab:folder,<root>} for a caption folder."""
+    ${caption_vocab:captioned_digits}, ${caption_vocab:moving_digits_text}, or
+    ${caption_vocab:folder,<root>} for a caption folder."""
     from difftrain.data.captioned import caption_vocab, folder_vocab
+    from difftrain.data.clips import CLIP_CAPTIONS
 
     if kind == "captioned_digits":
         return OmegaConf.create(caption_vocab())
+    if kind == "moving_digits_text":
+        return OmegaConf.create(CLIP_CAPTIONS.vocab())
     if kind == "folder" and root:
         return OmegaConf.create(folder_vocab(root))
-    raise ValueError(f"no caption vocabulary for {kind!r}: use captioned_digits or folder,<root>")
+    raise ValueError(
+        f"no caption vocabulary for {kind!r}: use captioned_digits, moving_digits_text or "
+        "folder,<root>"
+    )
 
 
 OmegaConf.register_new_resolver("caption_vocab", _caption_vocab, replace=True)

@@ -20,7 +20,8 @@ from tests.conftest import compose_cfg
 
 # moving_digits shrunk to seconds: 4 frames of 16x16 (8 px glyphs), the tiny space-time UNet.
 CLIPS = [
-    "experiment=moving_digits", "net=unet3d_tiny", "data.frames=4", "data.image_size=16",
+    "experiment=moving_digits", "net=unet3d_tiny", "net.patch_size=1", "net.given_frames=false",
+    "data.frames=4", "data.image_size=16",
     "data.dataset.clips={train:64,val:16}", "data.batch_size=8", "data.val_batch_size=8",
     "trainer.max_time=null", "trainer.max_steps=4", "trainer.val_check_interval=2",
     "trainer.limit_val_batches=1", "trainer.accelerator=cpu", "trainer.precision=32-true",
@@ -101,8 +102,26 @@ def test_a_video_net_starts_as_an_image_run_frame_by_frame(tiny_checkpoint, tmp_
         instantiate(bad.model)
 
 
+def test_freeze_init_trains_only_the_new_layers(tiny_checkpoint, tmp_path):
+    unconditional = ["net.num_classes=0", "model.label_dropout=0", "trainer.max_steps=2",
+                     "callbacks.sample_grid.guidance=1"]  # fmt: skip
+    cfg = compose_cfg(tmp_path, *CLIPS, *unconditional, f"model.init_from={tiny_checkpoint}",
+                      "model.freeze_init=true", "net.given_frames=true")  # fmt: skip
+    train(cfg)
+    image = torch.load(tiny_checkpoint, weights_only=False)["state_dict"]
+    video = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+                       weights_only=False)["state_dict"]  # fmt: skip
+    ema = "ema.module.net."  # what model.init_from loads
+    loaded = [k[len(ema) :] for k in image if k.startswith(ema)]
+    assert loaded and all(torch.equal(video[f"denoiser.net.{k}"], image[ema + k]) for k in loaded)
+    assert video["denoiser.net.given_in.weight"].abs().sum() > 0  # new, from zero: it trained
+    with pytest.raises(Exception, match="model.freeze_init=true keeps"):
+        instantiate(compose_cfg(tmp_path, *CLIPS, "model.freeze_init=true").model)
+
+
 def test_a_video_dit_trains_on_clips_and_draws_them(tmp_path):
-    cfg = compose_cfg(tmp_path, *CLIPS, "net=video_dit_tiny", "trainer.max_steps=2")
+    cfg = compose_cfg(tmp_path, *CLIPS, "net=video_dit_tiny", "trainer.max_steps=2",
+                      "net.given_frames=true")  # fmt: skip
     train(cfg)
     model = load_trained(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert model.shape == (1, 4, 16, 16) and any(model.diffusion.denoiser.net.temporal)
@@ -192,3 +211,29 @@ def test_the_animated_grid_goes_to_wandb_as_a_video(tmp_path, monkeypatch):
     train(cfg)
     videos = list(Path(cfg.paths.output_dir).rglob("media/videos/samples_*.gif"))
     assert len(videos) == 1 and videos[0].stat().st_size > 0
+
+
+def test_text_to_video_judges_digit_colour_and_direction_and_draws_prompts(tmp_path):
+    text = [o for o in CLIPS if o not in ("experiment=moving_digits", "~callbacks.evaluate")]
+    cfg = compose_cfg(
+        tmp_path, *text, "experiment=moving_digits_text", "net.patch_size=1",
+        "net.cross_attn_resolutions=[8]", "data.dataset.clips={train:120,val:48}",
+        "callbacks.alignment.num_seen=6", "callbacks.alignment.num_per_held_out=2",
+        "callbacks.alignment.judge_images=120", "callbacks.alignment.judge_epochs=1",
+        "callbacks.alignment.judge_min_accuracy=0", "callbacks.alignment.num_reference=48",
+        "callbacks.sample_grid.guidance=2",
+    )  # fmt: skip
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    alignment = json.loads((run / "summary.json").read_text())["alignment"]
+    assert {"digit", "colour", "direction", "all", "heldout_direction", "fid"} <= set(alignment)
+    assert alignment["prompts"] == 6 + 3 * 2 and alignment["held_out_prompts"] == 6
+    prompts = (run / "samples" / "step_0000004.txt").read_text().splitlines()
+    assert " moving " in prompts[0]
+    out = tmp_path / "red.npz"
+    sample(compose_cfg(tmp_path, f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=2",
+                       "prompt=a red three moving up", "guidance=2", f"out={out}",
+                       config_name="sample"))  # fmt: skip
+    drawn = np.load(out)
+    assert drawn["videos"].shape == (2, 4, 16, 16, 3)
+    assert list(drawn["prompts"]) == ["a red three moving up"] * 2

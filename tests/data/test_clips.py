@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difftrain.data.clips import VideoDataModule, bounce, moving_digits
+from difftrain.data.clips import (
+    CLIP_CAPTIONS,
+    DIRECTIONS,
+    VideoDataModule,
+    bounce,
+    moving_digits,
+    moving_digits_text,
+)
 
 
 def reflected_walk(start: float, velocity: float, frames: int, room: float) -> list[float]:
@@ -56,6 +63,34 @@ def test_two_digits_and_the_split_caps(tmp_path):
     assert clips.images.float().sum() > one.images.float().sum() * 1.5
     with pytest.raises(ValueError, match="speed must be"):
         moving_digits("train", root, speed=(3.0, 1.0))
+
+
+def test_captioned_clips_say_the_digit_its_colour_and_where_it_sets_off(tmp_path):
+    root = str(tmp_path / "no-mnist")
+    held_out = ["digit=3,direction=up", "colour=blue,direction=left"]
+    train = moving_digits_text("train", root, frames=4, clips={"train": 400}, held_out=held_out)
+    val = moving_digits_text("val", root, frames=4, clips={"val": 400}, held_out=held_out)
+    assert train.images.shape[1:] == (3, 4, 32, 32) and train.images.dtype == torch.uint8
+    combos = CLIP_CAPTIONS.parse_held_out(held_out)
+    assert not CLIP_CAPTIONS.is_held_out(train.attributes, combos).any() and len(train) < 400
+    assert CLIP_CAPTIONS.is_held_out(val.attributes, combos).any()
+    digit, colour, direction = train.attributes[0].tolist()
+    assert train.captions[0] == f"a {CLIP_CAPTIONS.choices['colour'][colour]} " + (
+        f"{CLIP_CAPTIONS.choices['digit'][digit]} moving {DIRECTIONS[direction]}"
+    )
+    x, tokens = train[0]
+    assert x.shape == (3, 4, 32, 32) and tokens.shape == (12,)
+    # The first step goes the way the caption says (sector k at k * 45 degrees, rows downwards).
+    plain = moving_digits("train", root, frames=4, clips={"train": 400}, directions=8)
+    step = (plain.positions[:, 1, 0] - plain.positions[:, 0, 0]).double()  # (N, 2) as (x, y)
+    way = torch.stack([torch.cos(plain.directions * torch.pi / 4),
+                       torch.sin(plain.directions * torch.pi / 4)], dim=1)  # fmt: skip
+    free = step.norm(dim=1) > 1.5  # not bounced in the first step, not rounded to nothing
+    assert ((step[free] * way[free]).sum(1) > 0.7 * step[free].norm(dim=1)).float().mean() > 0.95
+    # The colour is the caption's: red clips have ink in the red channel only, mostly.
+    red = train.attributes[:, 1] == CLIP_CAPTIONS.choices["colour"].index("red")
+    ink = train.images[red].float().sum((2, 3, 4))  # (n, 3)
+    assert (ink[:, 0] > 4 * ink[:, 2]).all()
 
 
 def test_the_clip_data_module_serves_clips_and_refuses_image_augmentation(tmp_path):

@@ -5,23 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difftrain.data.captioned import ATTRIBUTES, is_held_out, parse_held_out
-from difftrain.evaluation.alignment import JUDGED, alignment, prompt_set
+from difftrain.data.captioned import is_held_out, parse_held_out
+from difftrain.data.clips import CLIP_CAPTIONS
+from difftrain.evaluation.alignment import alignment, prompt_set
 
 HELD_OUT = parse_held_out(["digit=7,foreground=red", "background=gray"])
 
 
 def test_the_prompt_set_has_seen_and_held_out_combinations():
     asked, held = prompt_set(40, 10, HELD_OUT, seed=1)
-    assert len(asked) == 60 and held.sum() == 20
-    rows = torch.tensor([[getattr(a, k) for k in ATTRIBUTES] for a in asked])
-    assert torch.equal(is_held_out(rows, HELD_OUT), held)
-    assert prompt_set(40, 10, HELD_OUT, seed=1)[0] == asked  # the same prompts in every run
+    assert asked.shape == (60, 5) and held.sum() == 20
+    assert torch.equal(is_held_out(asked, HELD_OUT), held)
+    assert torch.equal(prompt_set(40, 10, HELD_OUT, seed=1)[0], asked)  # the same in every run
+    combos = CLIP_CAPTIONS.parse_held_out(["digit=3,direction=up"])
+    clips, held = prompt_set(20, 5, combos, seed=1, schema=CLIP_CAPTIONS)
+    assert clips.shape == (25, 3) and torch.equal(CLIP_CAPTIONS.is_held_out(clips, combos), held)
+    assert CLIP_CAPTIONS.captions(clips[held][:1])[0].endswith("three moving up")
 
 
 def test_scores_count_matching_attributes_per_group():
     asked, held = prompt_set(4, 2, HELD_OUT[:1], seed=0)
-    truth = torch.tensor([[getattr(a, k) for k in JUDGED] for a in asked])
+    truth = asked
     predicted = truth.clone()
     predicted[0, 0] = (truth[0, 0] + 1) % 10  # one seen sample shows the wrong digit
     predicted[4:, 1] = (truth[4:, 1] + 1) % 6  # both held-out samples the wrong foreground

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import torch
 
 from difftrain.data.clips import moving_digits
@@ -60,3 +61,42 @@ def test_the_video_evaluator_scores_real_clips_as_real_and_shuffled_frames_as_br
     assert scores["clip_fd"] < 2 * floor, scores  # training clips it learned from, near the floor
     assert shuffled["clip_fd"] > 5 * floor and frozen["clip_fd"] > 5 * floor, (shuffled, frozen)
     assert evaluator.info["clip_classifier_test_accuracy"] > 0.3  # of 30: class x order
+
+
+class TinyI3D(torch.nn.Module):
+    """The TorchScript I3D's interface (StyleGAN-V's FVD detector) at toy size, randomly
+    initialized: what evaluator.i3d_path loads, saved as torch.jit.save writes the real one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 16, (3, 8, 8), stride=(1, 8, 8))
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
+        return_features: bool = False,
+    ) -> torch.Tensor:  # fmt: skip
+        assert x.shape[1] == 3 and x.shape[-1] == 224 and x.min() >= -1 and x.max() <= 1
+        features = self.conv(x).relu().mean((2, 3, 4))
+        return features if return_features else self.head(features)
+
+
+def test_fvd_from_a_local_torchscript_i3d_and_the_fix_without_one(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "i3d_torchscript.pt"
+    torch.jit.save(torch.jit.script(TinyI3D()), str(path))
+    clips = partial(moving_digits, root=str(tmp_path / "no-mnist"), frames=6, image_size=24)
+    frames = Evaluator(FrameDatasets(clips), 10, cache_dir=str(CACHE), classifier_images=20_000,
+                       min_accuracy=0.8, kid_subset_size=100)  # fmt: skip
+    evaluator = VideoEvaluator(clips, frames, max_reference_clips=60, clip_classifier_clips=0,
+                               i3d_path=str(path))  # fmt: skip
+    evaluator.setup()
+    real = clips("train").images[100:160]  # not the floor's clips
+    scores = evaluator(real)
+    assert scores["fvd"] < 3 * scores["real_fvd"], scores
+    assert evaluator(255 - real)["fvd"] > 10 * scores["real_fvd"]  # negatives: far off
+    with pytest.raises(FileNotFoundError, match="evaluator.i3d_path=.*download"):
+        VideoEvaluator(clips, frames, i3d_path=str(tmp_path / "none.pt"))
+    (tmp_path / "bad.pt").write_text("not a model")
+    with pytest.raises(ValueError, match="not a TorchScript module"):
+        VideoEvaluator(clips, frames, i3d_path=str(tmp_path / "bad.pt"))

@@ -116,3 +116,21 @@ def test_a_dit_of_clips_reads_prompts_and_checkpoints_alike():
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[1], grads[0])
     assert not torch.allclose(out, net(x, c, text_tokens=tokens.flip(0)))
+
+
+def test_a_dit_of_clips_reads_given_frames_from_a_zero_start():
+    torch.manual_seed(0)
+    net = DiT((1, 4, 8, 8), **TINY, given_frames=True)
+    randomize(net)
+    x, c = torch.randn(2, 1, 4, 8, 8), torch.randn(2)
+    given, mask = torch.zeros_like(x), torch.zeros(2, 1, 4, 1, 1)
+    given[:, :, 0], mask[:, :, 0] = x[:, :, 0], 1.0
+    torch.nn.init.zeros_(net.given_in.weight)  # as it starts: reading them changes nothing
+    torch.testing.assert_close(net(x, c, given=given, given_mask=mask), net(x, c))
+    torch.nn.init.normal_(net.given_in.weight, std=0.1)
+    assert (net(x, c, given=given, given_mask=mask) - net(x, c)).abs().max() > 1e-4
+    plain = DiT((1, 4, 8, 8), **TINY)
+    with pytest.raises(ValueError, match="net.given_frames=true"):
+        plain(x, c, given=given, given_mask=mask)
+    with pytest.raises(ValueError, match="needs clips"):
+        DiT((1, 8, 8), **TINY, given_frames=True)

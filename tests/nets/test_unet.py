@@ -31,6 +31,23 @@ def test_image_size_that_cannot_be_halved_fails_with_the_sizes():
         UNet((1, 28, 28), channels=8, channel_mult=(1, 2, 2, 2), norm_groups=4)
 
 
+def test_patch_size_2_is_a_net_on_the_space_to_depth_image():
+    """A UNet with 2x2 patches is, weight for weight, the UNet of 4-channel images at half the
+    side between pixel_unshuffle and pixel_shuffle (torch's space-to-depth)."""
+    torch.manual_seed(0)
+    patched = UNet((1, 16, 16), attn_resolutions=(4,), patch_size=2, **TINY)
+    randomize(patched)
+    plain = UNet((4, 8, 8), attn_resolutions=(4,), **TINY)
+    plain.load_state_dict(patched.state_dict())
+    x, c = torch.randn(2, 1, 16, 16), torch.randn(2)
+    expected = torch.nn.functional.pixel_shuffle(
+        plain(torch.nn.functional.pixel_unshuffle(x, 2), c), 2
+    )
+    torch.testing.assert_close(patched(x, c), expected)
+    with pytest.raises(ValueError, match=r"halved 1 times after 2x2 patches .* divisible by 4"):
+        UNet((1, 18, 18), patch_size=2, **TINY)
+
+
 def test_unknown_attention_resolution_and_bad_groups_fail():
     with pytest.raises(ValueError, match="attn_resolutions"):
         UNet((1, 16, 16), attn_resolutions=(5,), **TINY)

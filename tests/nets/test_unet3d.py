@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from difftrain.nets.temporal import TemporalAttention
+from difftrain.nets.temporal import SpaceTimeAttention, TemporalAttention
 from difftrain.nets.unet import UNet
 
 TINY = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, head_channels=8, norm_groups=4)
@@ -22,10 +22,12 @@ def perturbed(net: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
     return net
 
 
-def test_an_image_nets_weights_make_the_video_net_that_net_frame_by_frame():
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_an_image_nets_weights_make_the_video_net_that_net_frame_by_frame(patch_size):
     torch.manual_seed(0)
-    image = perturbed(UNet((1, 16, 16), attn_resolutions=(8,), num_classes=3, **TINY))
-    video = UNet((1, 5, 16, 16), attn_resolutions=(8,), num_classes=3, **TINY)
+    layout = dict(attn_resolutions=(8 // patch_size,), num_classes=3, patch_size=patch_size)
+    image = perturbed(UNet((1, 16, 16), **layout, **TINY))
+    video = UNet((1, 5, 16, 16), **layout, **TINY)
     missing, unexpected = video.load_state_dict(image.state_dict(), strict=False)
     assert not unexpected and missing  # every image weight has its place; the temporal ones are new
     temporal = {n for n, m in video.named_modules() if type(m).__name__.startswith("Temporal")}
@@ -76,3 +78,24 @@ def test_clip_shapes_are_checked_with_the_fix():
         UNet((1, 4, 16, 8), **TINY)
     assert not any("TemporalAttention" in type(m).__name__ for m in net.down[0])  # 16 px: none
     assert any("TemporalAttention" in type(m).__name__ for m in net.down[2])  # 8 px
+
+
+def test_space_time_attention_lets_a_frame_see_other_places_in_other_frames():
+    """Per-pixel temporal attention links frame t's pixel only with the same pixel elsewhere in
+    time; the space-time one links it with every place of every frame, in one layer."""
+    torch.manual_seed(0)
+    h = torch.randn(2 * 3, 8, 4, 4)  # (B*T, C, H, W): 2 clips of 3 frames
+    changed = h.clone()
+    changed[0, :, 0, 0] += 1.0  # clip 0, frame 0, pixel (0, 0)
+    for kind, reaches in ((TemporalAttention, False), (SpaceTimeAttention, True)):
+        layer = perturbed(kind(8, frames=3, head_channels=4, groups=4))
+        layer.norm = torch.nn.Identity()  # GroupNorm would spread the change over its frame
+        delta = (layer(changed) - layer(h)).abs()
+        assert (delta[2, :, 3, 3].max() > 1e-5) == reaches, kind  # frame 2, pixel (3, 3)
+        assert delta[3:].max() == 0  # the other clip hears nothing
+    silent = SpaceTimeAttention(8, frames=3, head_channels=4, groups=4)
+    assert torch.equal(silent(h), h)  # zero start: inflation stays exact
+    net = UNet((1, 3, 8, 8), spacetime_attn_resolutions=(4,), **TINY)
+    assert any(isinstance(m, SpaceTimeAttention) for m in net.mid)
+    with pytest.raises(ValueError, match=r"spacetime_attn_resolutions \[2\]"):
+        UNet((1, 3, 8, 8), spacetime_attn_resolutions=(2,), **TINY)

@@ -99,6 +99,7 @@ def test_multirun_jobs_are_named_grouped_and_summarized(tiny_multirun):
     assert wandb_run["summary"]["run/status"] == "finished"
 
 
+@pytest.mark.slow  # the default suite keeps a faster test of the same path
 def test_an_optuna_study_runs_and_continues_from_its_sqlite_storage(tmp_path):
     optuna = pytest.importorskip("optuna", reason="pip install -e '.[sweep]'")
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install -e '.[sweep]'")

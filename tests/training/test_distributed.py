@@ -126,6 +126,7 @@ def test_a_signal_stops_both_processes_at_one_step_and_they_resume_exactly(two_p
     assert all(torch.equal(whole[k], resumed[k]) for k in whole), "the resumed run differs"
 
 
+@pytest.mark.slow  # the default suite keeps a faster test of the same path
 def test_a_multirun_of_ddp_jobs_runs_each_job_once(tmp_path):
     sweep = tmp_path / "sweep"
     run_module(

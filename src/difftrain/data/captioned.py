@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,71 @@ CANVAS = 32
 
 
 @dataclass(frozen=True)
+class CaptionSchema:
+    """What a captioned dataset's captions say: its attributes, each one's choices (words), and
+    the caption's template (`str.format` over the attribute names). A row of attributes is one
+    index into each attribute's choices; `held_out` combinations are written "digit=7,colour=red"
+    (digits by number or word)."""
+
+    choices: dict[str, tuple[str, ...]]
+    template: str
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return tuple(self.choices)
+
+    def caption(self, row: Sequence[int]) -> str:
+        return self.template.format(
+            **{a: self.choices[a][int(i)] for a, i in zip(self.attributes, row, strict=True)}
+        )
+
+    def captions(self, rows: Tensor) -> list[str]:
+        return [self.caption(row) for row in rows.tolist()]
+
+    def vocab(self) -> list[str]:
+        """Every word a caption can have: the tiny text encoder's vocabulary."""
+        every = itertools.product(*(range(len(c)) for c in self.choices.values()))
+        return build_vocab(self.caption(row) for row in every)
+
+    def parse_held_out(self, held_out: Sequence[str]) -> list[dict[str, int]]:
+        """'digit=7,foreground=red' -> {'digit': 7, 'foreground': 0}."""
+        combos = []
+        for text in held_out:
+            combo = {}
+            for part in text.split(","):
+                key, _, value = (s.strip() for s in part.partition("="))
+                if key not in self.choices:
+                    raise ValueError(
+                        f"held_out {text!r}: unknown attribute {key!r}; use {self.attributes}"
+                    )
+                names = self.choices[key]
+                if key == "digit" and value.isdigit():
+                    value = DIGITS[int(value)]
+                if value not in names:
+                    raise ValueError(f"held_out {text!r}: {key} must be one of {list(names)}")
+                combo[key] = names.index(value)
+            combos.append(combo)
+        return combos
+
+    def is_held_out(self, rows: Tensor, combos: Sequence[dict[str, int]]) -> Tensor:
+        """(N,) whether each row of attributes (N, A) matches any held-out combination."""
+        out = torch.zeros(len(rows), dtype=torch.bool)
+        for combo in combos:
+            match = torch.ones(len(rows), dtype=torch.bool)
+            for key, value in combo.items():
+                match &= rows[:, self.attributes.index(key)] == value
+            out |= match
+        return out
+
+
+DIGIT_CAPTIONS = CaptionSchema(
+    CHOICES, "a {size} {foreground} {digit} on a {background} background, {position}"
+)
+
+
+@dataclass(frozen=True)
 class Attributes:
-    """One image's attributes, as indices into CHOICES."""
+    """One captioned_digits image's attributes, as indices into CHOICES."""
 
     digit: int
     foreground: int
@@ -63,49 +127,22 @@ class Attributes:
     position: int
 
     def caption(self) -> str:
-        c = {a: CHOICES[a][getattr(self, a)] for a in ATTRIBUTES}
-        return f"a {c['size']} {c['foreground']} {c['digit']} on a {c['background']} background, {c['position']}"
+        return DIGIT_CAPTIONS.caption([getattr(self, a) for a in ATTRIBUTES])
 
 
 def caption_vocab() -> list[str]:
     """Every word a captioned_digits caption can have: the tiny text encoder's vocabulary."""
-    captions = [
-        Attributes(
-            *(choice.index(v) for choice, v in zip(CHOICES.values(), values, strict=True))
-        ).caption()
-        for values in itertools.product(*CHOICES.values())
-    ]
-    return build_vocab(captions)
+    return DIGIT_CAPTIONS.vocab()
 
 
 def parse_held_out(held_out: list[str]) -> list[dict[str, int]]:
     """'digit=7,foreground=red' -> {'digit': 7, 'foreground': 0}; digits by number or word."""
-    combos = []
-    for text in held_out:
-        combo = {}
-        for part in text.split(","):
-            key, _, value = (s.strip() for s in part.partition("="))
-            if key not in CHOICES:
-                raise ValueError(f"held_out {text!r}: unknown attribute {key!r}; use {ATTRIBUTES}")
-            names = CHOICES[key]
-            if key == "digit" and value.isdigit():
-                value = DIGITS[int(value)]
-            if value not in names:
-                raise ValueError(f"held_out {text!r}: {key} must be one of {list(names)}")
-            combo[key] = names.index(value)
-        combos.append(combo)
-    return combos
+    return DIGIT_CAPTIONS.parse_held_out(held_out)
 
 
 def is_held_out(attributes: Tensor, combos: list[dict[str, int]]) -> Tensor:
     """(N,) whether each row of attributes (N, 5) matches any held-out combination."""
-    out = torch.zeros(len(attributes), dtype=torch.bool)
-    for combo in combos:
-        match = torch.ones(len(attributes), dtype=torch.bool)
-        for key, value in combo.items():
-            match &= attributes[:, ATTRIBUTES.index(key)] == value
-        out |= match
-    return out
+    return DIGIT_CAPTIONS.is_held_out(attributes, combos)
 
 
 def render(glyphs: Tensor, attributes: Tensor) -> Tensor:
@@ -147,6 +184,7 @@ class CaptionedImages(TensorImages):
     ):
         super().__init__(images, tokens)
         self.captions, self.attributes, self.held_out = captions, attributes, held_out or []
+        self.schema = DIGIT_CAPTIONS
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.images[i].float() / 255, self.labels[i]

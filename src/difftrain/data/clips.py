@@ -18,7 +18,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from difftrain.data.captioned import load_glyphs
+from difftrain.data.captioned import (
+    DIGITS,
+    FOREGROUNDS,
+    CaptionSchema,
+    load_glyphs,
+)
 from difftrain.data.datamodule import ImageDataModule
 from difftrain.data.datasets import (
     SPLITS,
@@ -28,19 +33,37 @@ from difftrain.data.datasets import (
     _split_indices,
 )
 from difftrain.data.media import Videos
+from difftrain.text.tokenizer import WordTokenizer
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".avi", ".mov", ".mkv", ".m4v")
 
 DEFAULT_CLIPS = {"train": 20_000, "val": 1_000}  # validation runs on every val clip: keep it small
+# The compass points, from "right" turning clockwise on screen (rows grow downwards): the
+# `directions=8` of moving_digits, sector k at angle k * 45 degrees.
+DIRECTIONS = (
+    "right", "down and to the right", "down", "down and to the left",
+    "left", "up and to the left", "up", "up and to the right",
+)  # fmt: skip
+CLIP_CAPTIONS = CaptionSchema(
+    {"digit": DIGITS, "colour": tuple(FOREGROUNDS), "direction": DIRECTIONS},
+    "a {colour} {digit} moving {direction}",
+)
 
 
 class TensorClips(Dataset):
     """uint8 clips (N, C, T, H, W), integer labels (N,) and each digit's top-left corner per
     frame (N, T, digits, 2) as (x, y), served as (clip in [0, 1], label)."""
 
-    def __init__(self, clips: Tensor, labels: Tensor, positions: Tensor | None = None):
+    def __init__(
+        self,
+        clips: Tensor,
+        labels: Tensor,
+        positions: Tensor | None = None,
+        directions: Tensor | None = None,
+    ):
         self.images, self.labels, self.positions = clips, labels.long(), positions
+        self.directions = directions  # (N,) of the first digit, where drawn from DIRECTIONS
 
     def __len__(self) -> int:
         return len(self.images)
@@ -67,6 +90,7 @@ def moving_digits(
     glyph_size: int | None = None,
     clips: Mapping[str, int | None] | None = None,
     seed: int = 0,
+    directions: int | None = None,
 ) -> TensorClips:
     """Clips of `num_digits` MNIST glyphs (scikit-learn's digits where MNIST is not under `root`)
     moving in straight lines on black and bouncing off the edges, generated deterministically
@@ -74,7 +98,9 @@ def moving_digits(
     speeds (uniform in `speed`, pixels per frame). Glyphs are resized to `glyph_size` (default
     half the frame, 28 px on frames of 64 and more as in Moving MNIST); overlapping digits take
     the brighter pixel. The label is the first digit's class. `clips` caps each split's number
-    of clips ({"train": 20000, "val": 1000} by default; None: one per glyph).
+    of clips ({"train": 20000, "val": 1000} by default; None: one per glyph). With `directions`
+    (8: DIRECTIONS, the compass points) every digit starts along one of that many directions,
+    evenly spaced from "right", and the dataset keeps the first digit's (`directions`).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
@@ -93,13 +119,18 @@ def moving_digits(
     generator = torch.Generator().manual_seed(seed * 2 + SPLITS.index(split))
     room = image_size - glyph_size
     canvas = torch.zeros(n, frames, image_size, image_size, dtype=torch.uint8)
-    labels, corners = None, []
+    labels, corners, heading = None, [], None
     offsets = torch.arange(glyph_size)
     for k in range(num_digits):
         # The first digit of clip i is glyph i (every glyph once); the others are drawn.
         pick = torch.arange(n) if k == 0 else torch.randint(len(glyphs), (n,), generator=generator)
         start = torch.rand(n, 2, generator=generator, dtype=torch.float64) * room
-        angle = torch.rand(n, generator=generator, dtype=torch.float64) * 2 * math.pi
+        if directions is None:
+            angle = torch.rand(n, generator=generator, dtype=torch.float64) * 2 * math.pi
+        else:
+            sector = torch.randint(directions, (n,), generator=generator)
+            heading = sector if k == 0 else heading
+            angle = sector.double() * 2 * math.pi / directions
         pace = low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
         velocity = pace[:, None] * torch.stack([angle.cos(), angle.sin()], dim=1)  # (N, 2) x, y
         corner = bounce(start, velocity, frames, room).round().long()  # (N, T, 2)
@@ -112,7 +143,64 @@ def moving_digits(
         labels = classes[pick] if k == 0 else labels
         corners.append(corner)
     clips = canvas[:, None]  # (N, T, H, W) -> (N, 1, T, H, W)
-    return TensorClips(clips, labels, torch.stack(corners, dim=2))
+    return TensorClips(clips, labels, torch.stack(corners, dim=2), heading)
+
+
+class CaptionedClips(TensorClips):
+    """uint8 RGB clips with their captions' token rows (N, L) as labels, their captions, their
+    attribute rows (N, 3: digit, colour, direction) and the held-out combinations: what
+    `callbacks.alignment` judges samples against (`schema`: CLIP_CAPTIONS)."""
+
+    def __init__(
+        self,
+        clips: Tensor,
+        tokens: Tensor,
+        captions: list[str],
+        attributes: Tensor,
+        held_out: list[dict[str, int]],
+    ):
+        super().__init__(clips, tokens)
+        self.captions, self.attributes, self.held_out = captions, attributes, held_out
+        self.schema = CLIP_CAPTIONS
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i].float() / 255, self.labels[i]
+
+
+def moving_digits_text(
+    split: str,
+    root: str | None = None,
+    frames: int = 8,
+    image_size: int = 32,
+    speed: Sequence[float] = (1.0, 3.0),
+    glyph_size: int | None = None,
+    clips: Mapping[str, int | None] | None = None,
+    held_out: Sequence[str] = (),
+    vocab: list[str] | None = None,
+    max_length: int = 12,
+    seed: int = 0,
+) -> CaptionedClips:
+    """Text-to-video clips: one digit of `moving_digits` in a colour (FOREGROUNDS) on black,
+    setting off along one of the eight DIRECTIONS (it bounces on), captioned "a red three moving
+    up and to the left". Clips of a `held_out` combination ("digit=3,direction=up") are left out
+    of "train" (kept in "val")."""
+    moving = moving_digits(
+        split, root, frames, image_size, 1, speed, glyph_size, clips, seed, directions=8
+    )
+    generator = torch.Generator().manual_seed(seed * 2 + SPLITS.index(split) + 1000)
+    colour = torch.randint(len(FOREGROUNDS), (len(moving),), generator=generator)
+    attributes = torch.stack([moving.labels, colour, moving.directions], dim=1)
+    combos = CLIP_CAPTIONS.parse_held_out(held_out)
+    keep = ~CLIP_CAPTIONS.is_held_out(attributes, combos) if split == "train" else None
+    grey, attributes = (moving.images, attributes) if keep is None else (
+        moving.images[keep], attributes[keep]
+    )  # fmt: skip
+    rgb = torch.tensor(list(FOREGROUNDS.values()), dtype=torch.float32)[attributes[:, 1]]
+    coloured = grey.float() / 255 * rgb[:, :, None, None, None]  # (N, 3, T, H, W)
+    captions = CLIP_CAPTIONS.captions(attributes)
+    tokens = WordTokenizer(vocab or CLIP_CAPTIONS.vocab(), max_length).encode(captions)
+    clips_u8 = coloured.round().clamp(0, 255).to(torch.uint8)
+    return CaptionedClips(clips_u8, tokens, captions, attributes, combos)
 
 
 def moving_digit_frames(

@@ -123,6 +123,7 @@ def train_classifier(
     seed: int = 0,
     what: str = "the classifier",
     build: Callable[[], nn.Module] | None = None,
+    unit: str = "images",
 ) -> tuple[nn.Module, float]:
     """Train a `Classifier` (or what `build` makes: a module taking uint8 images or clips to
     (features, logits)) on `train` with random translations of up to 2 pixels; returns the model
@@ -133,7 +134,7 @@ def train_classifier(
     batch_size = min(batch_size, len(train))
     loader = DataLoader(_AsUint8(train), batch_size=batch_size, shuffle=True, drop_last=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * len(loader))
-    progress = Progress(f"training {what}", epochs * len(loader) * batch_size, quiet=True)
+    progress = Progress(f"training {what}", epochs * len(loader) * batch_size, unit, quiet=True)
     for _ in range(epochs):
         model.train()
         for x, y in loader:
@@ -158,6 +159,7 @@ def load_or_train_classifier(
     epochs: int,
     what: str = "the evaluation classifier",
     build: Callable[[], nn.Module] | None = None,
+    unit: str = "images",
 ) -> tuple[Path, float]:
     """The cached classifier for `key` (trained on first use, saying so as `what`; a `Classifier`,
     or what `build` makes); its weights file and test accuracy."""
@@ -175,12 +177,12 @@ def load_or_train_classifier(
             return path, state["test_accuracy"]
         train = datasets("train")
         log.info(
-            "training %s on %d images for %d epochs (first use; cached for later runs in %s)",
-            what, len(train), epochs, path.parent,
+            "training %s on %d %s for %d epochs (first use; cached for later runs in %s)",
+            what, len(train), unit, epochs, path.parent,
         )  # fmt: skip
         start = time.perf_counter()
         model, acc = train_classifier(
-            train, datasets("val"), channels, num_classes, epochs, what=what, build=build
+            train, datasets("val"), channels, num_classes, epochs, what=what, build=build, unit=unit
         )
         state = {"config": model.config, "state_dict": model.state_dict(), "test_accuracy": acc}
         save_atomically(state, path)

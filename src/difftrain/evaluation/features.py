@@ -29,12 +29,13 @@ LAYERS = {INCEPTION: ("2048", "logits_unbiased"), CLASSIFIER: ("features", "logi
 class FeatureSet:
     """Features (N, D) for FID, KID and precision/recall; logits (N, K) for IS and class coverage;
     for clips also measures of each clip (N_clips, M) and its features of the clip classifier
-    (N_clips, D') (`evaluation.video`), N counting frames."""
+    (N_clips, D') and of I3D (`evaluation.video`), N counting frames."""
 
     features: Tensor
     logits: Tensor
     per_clip: Tensor | None = None
     clip_features: Tensor | None = None
+    i3d_features: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.features)

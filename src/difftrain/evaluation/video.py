@@ -37,6 +37,7 @@ from difftrain.evaluation.clip_classifier import (
 )
 from difftrain.evaluation.evaluator import Evaluator, dataset_uint8
 from difftrain.evaluation.features import FeatureSet, extract_features
+from difftrain.evaluation.fvd import i3d_features, load_i3d
 from difftrain.evaluation.metrics import frechet_distance
 
 MOTION = ("flicker", "speed", "motion_deviation")
@@ -95,8 +96,10 @@ class VideoEvaluator:
     motion deviation against up to `max_reference_clips` real clips of `reference_split`, and
     with `clip_classifier_clips` > 0 the clip classifier's Fréchet distance, its classifier
     trained (once, cached beside the frame classifier) on that many training clips for about
-    `clip_classifier_examples` examples. The same interface as `Evaluator` (setup, features,
-    score, info), so training's evaluation callback and difftrain-eval take either."""
+    `clip_classifier_examples` examples, and with `i3d_path` (a local TorchScript I3D,
+    `evaluation.fvd`) FVD, both beside their real-vs-real floor. The same interface as
+    `Evaluator` (setup, features, score, info), so training's evaluation callback and
+    difftrain-eval take either."""
 
     def __init__(
         self,
@@ -108,6 +111,7 @@ class VideoEvaluator:
         clip_classifier_clips: int = 10_000,
         clip_classifier_examples: int = 60_000,
         clip_classifier_min_accuracy: float = 0.8,
+        i3d_path: str | None = None,
     ):
         self.datasets, self.frame_evaluator = datasets, frames
         self.reference_split, self.max_reference_clips = reference_split, max_reference_clips
@@ -116,8 +120,10 @@ class VideoEvaluator:
         self.clip_classifier_examples = clip_classifier_examples
         self.clip_classifier_min_accuracy = clip_classifier_min_accuracy
         self.clip_classifier: ClipClassifier | None = None
+        self.i3d = load_i3d(i3d_path) if i3d_path is not None else None  # fails fast, at start
         self.real: dict[str, float] = {}
         self.real_clip_features = self.floor_clip_features = None
+        self.real_i3d_features = self.floor_i3d_features = None
         self.low = self.high = None
 
     @property
@@ -139,9 +145,13 @@ class VideoEvaluator:
         self.low, self.high = c.flatten(0, 1).amin(0), c.flatten(0, 1).amax(0)
         if self.clip_classifier_clips > 0:
             self._setup_clip_classifier(device)
+        if self.i3d is not None:
+            self.i3d.to(device)
+            floor = dataset_uint8(self.datasets("train"), self.max_reference_clips)
+            self.floor_i3d_features = i3d_features(self.i3d, floor)  # real clips, not the reference
         real = self._features(clips)
         self.real = self._summary(real)
-        self.real_clip_features = real.clip_features
+        self.real_clip_features, self.real_i3d_features = real.clip_features, real.i3d_features
         self.info["reference_clips"] = f"{self.reference_split}:{len(clips)}"
 
     def _setup_clip_classifier(self, device: torch.device | str) -> None:
@@ -169,7 +179,8 @@ class VideoEvaluator:
         path, accuracy = load_or_train_classifier(
             clip_classifier_key(train[:used], classes, used, epochs),
             self.frame_evaluator.cache_dir, tasks.__getitem__, train.shape[1], outputs, epochs,
-            "the clip classifier", lambda: ClipClassifier(train.shape[1], outputs),
+            what="the clip classifier", build=lambda: ClipClassifier(train.shape[1], outputs),
+            unit="clips",
         )  # fmt: skip
         self.info["clip_classifier_test_accuracy"] = accuracy
         if accuracy < self.clip_classifier_min_accuracy:
@@ -204,7 +215,8 @@ class VideoEvaluator:
         per_frame = extract_features(self.extractor, frames, self.frame_evaluator.batch_size)
         measures = clip_measures(clips, self.low, self.high, self.bounce_margin)
         whole = self._clip_features(clips) if self.clip_classifier is not None else None
-        return FeatureSet(per_frame.features, per_frame.logits, measures, whole)
+        i3d = i3d_features(self.i3d, clips) if self.i3d is not None else None
+        return FeatureSet(per_frame.features, per_frame.logits, measures, whole, i3d)
 
     def features(self, samples: Tensor, datamodule: object) -> FeatureSet:
         """Features and measures of model-range clips, made uint8 by the datamodule's media."""
@@ -229,6 +241,12 @@ class VideoEvaluator:
             results["clip_fd"] = frechet_distance(features.clip_features, self.real_clip_features)
             results["real_clip_fd"] = frechet_distance(
                 self.floor_clip_features[:n], self.real_clip_features
+            )
+        if features.i3d_features is not None and self.real_i3d_features is not None:
+            n = len(features.i3d_features)
+            results["fvd"] = frechet_distance(features.i3d_features, self.real_i3d_features)
+            results["real_fvd"] = frechet_distance(
+                self.floor_i3d_features[:n], self.real_i3d_features
             )
         return results
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from difftrain.nets.conditioning import add_labels, null_class, read_prompt
-from difftrain.nets.layers import NoiseEmbedding
+from difftrain.nets.layers import NoiseEmbedding, zero_init
 from difftrain.nets.protocol import Cond
 from difftrain.nets.temporal import as_clips, as_frames
 
@@ -117,6 +117,7 @@ class DiT(nn.Module):
         augment_dim: int = 0,
         text_encoder: nn.Module | None = None,
         checkpoint_activations: bool = False,
+        given_frames: bool = False,
     ):
         super().__init__()
         self.patch_size = patch_size
@@ -134,6 +135,12 @@ class DiT(nn.Module):
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         self.augment_dim, self.checkpoint_activations = augment_dim, checkpoint_activations
         self.patchify = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        if given_frames and not self.frames:
+            raise ValueError("net.given_frames=true needs clips: a sample_shape (C, T, H, W)")
+        # The given frames and their mask, as the UNet reads them: one more patch embedding, zero
+        # at first and without bias, added to each patch's token (no frame given: no change).
+        given_in = nn.Conv2d(in_channels + 1, dim, patch_size, stride=patch_size, bias=False)
+        self.given_in = zero_init(given_in) if given_frames else None
         grid = image_size // patch_size
         self.register_buffer("positions", sincos_positions(grid, dim), persistent=False)
         frame_positions = sincos(torch.arange(self.frames), dim)  # (T, dim); (0, dim) for images
@@ -186,7 +193,11 @@ class DiT(nn.Module):
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
         text_tokens: Tensor | None = None,
+        given: Tensor | None = None,
+        given_mask: Tensor | None = None,
     ) -> Tensor:
+        if given is not None and self.given_in is None:
+            raise ValueError("frames given, but this DiT does not read them: net.given_frames=true")
         B = x.shape[0]
         c = self.noise_emb(c_noise.expand(B))
         c = add_labels(
@@ -205,6 +216,10 @@ class DiT(nn.Module):
                 context = tuple(t.repeat_interleave(T, 0) for t in context)
         C, H, W = x.shape[1:]
         tokens = self.patchify(x).flatten(2).transpose(1, 2) + self.positions.to(x.dtype)
+        if given is not None:  # (B, C, T, H, W) and its mask (B, 1, T, 1, 1) as one more channel
+            mask = given_mask.to(given.dtype).expand_as(given[:, :1])
+            read = self.given_in(as_frames(torch.cat([given, mask], dim=1)).to(tokens.dtype))
+            tokens = tokens + read.flatten(2).transpose(1, 2)
         N = tokens.shape[1]  # (B*T, N, D): N patches per frame
         per_patch = c[::T].repeat_interleave(N, 0)  # (B, D) -> (B*N, D)
         run = (

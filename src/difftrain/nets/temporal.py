@@ -6,7 +6,7 @@ net starts as its image net applied frame by frame (what inflating an image net 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +26,17 @@ def as_frames(x: Tensor) -> Tensor:
 
 
 class TemporalConv(nn.Module):
-    """GroupNorm-SiLU, then a convolution over the frames only (kernel 3 in time, 1x1 in space)."""
+    """GroupNorm-SiLU, then a convolution across frames: `kernel` (time, height, width), by
+    default 3 x 1 x 1 (the frames only, Ho et al. 2022); a spatial extent lets it follow what
+    moves a pixel or two between frames (3 x 3 x 3, as a full 3-D convolution)."""
 
-    def __init__(self, channels: int, frames: int, groups: int):
+    def __init__(self, channels: int, frames: int, groups: int, kernel: Sequence[int] = (3, 1, 1)):
         super().__init__()
         self.frames = frames
         self.norm = nn.GroupNorm(groups, channels)
-        self.conv = zero_init(nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0)))
+        kernel = tuple(kernel)
+        padding = tuple(k // 2 for k in kernel)
+        self.conv = zero_init(nn.Conv3d(channels, channels, kernel, padding=padding))
 
     def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
         clips = as_clips(F.silu(self.norm(h)), self.frames)  # (B, C, T, H, W)
@@ -69,6 +73,28 @@ class TemporalAttention(nn.Module):
         out = self.proj(out.transpose(1, 2).reshape(-1, T, C))  # (B*H*W, T, C)
         out = out.reshape(BT // T, H, W, T, C).permute(0, 3, 4, 1, 2).reshape(BT, C, H, W)
         return h + out
+
+
+class SpaceTimeAttention(TemporalAttention):
+    """Multi-head attention among all T * H * W positions of a clip, with the same learned bias
+    per head and relative frame offset as `TemporalAttention`: where a low resolution holds what
+    the clip shows, every frame sees every other frame's whole picture (the joint space-time
+    attention of video transformers; Arnab et al. 2021, ViViT model 1), so the frames can agree
+    on one object and one path. Cost grows as (T H W)^2: for the lowest resolutions."""
+
+    def forward(self, h: Tensor, emb: Tensor | None = None) -> Tensor:
+        BT, C, H, W = h.shape
+        T = self.frames
+        x = self.norm(h).unflatten(0, (-1, T)).flatten(3)  # (B, T, C, H*W)
+        x = x.transpose(2, 3).flatten(1, 2)  # (B, T*H*W, C): frame-major tokens
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, C // self.heads)).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # each (B, heads, T*H*W, head_channels)
+        bias = self.position_bias(T).to(q.dtype)  # (heads, T, T) -> (heads, T*H*W, T*H*W)
+        bias = bias.repeat_interleave(H * W, 1).repeat_interleave(H * W, 2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = self.proj(out.transpose(1, 2).flatten(2))  # (B, T*H*W, C)
+        out = out.unflatten(1, (T, H * W)).transpose(2, 3)  # (B, T, C, H*W)
+        return h + out.reshape(BT, C, H, W)
 
 
 def inflate(net: nn.Module, image_weights: Mapping[str, Tensor]) -> list[str]:

@@ -21,7 +21,13 @@ from difftrain.nets.layers import (
     zero_init,
 )
 from difftrain.nets.protocol import Cond
-from difftrain.nets.temporal import TemporalAttention, TemporalConv, as_clips, as_frames
+from difftrain.nets.temporal import (
+    SpaceTimeAttention,
+    TemporalAttention,
+    TemporalConv,
+    as_clips,
+    as_frames,
+)
 
 
 class UNet(nn.Module):
@@ -31,16 +37,22 @@ class UNet(nn.Module):
 
     For clips it is a factorized space-time UNet (Ho et al. 2022, "Video Diffusion Models"): every
     layer of the image UNet runs on each frame, and each block (and the middle) ends with a
-    temporal convolution and, at `temporal_attn_resolutions` (None: all), attention across the
-    frames with a relative position bias (`nets.temporal`). Both are residual branches that start
+    temporal convolution (`temporal_kernel`) and, at `temporal_attn_resolutions` (None: all),
+    attention across the frames with a relative position bias (`nets.temporal`); at
+    `spacetime_attn_resolutions` that attention spans every position of every frame instead.
+    All are residual branches that start
     at zero, so at initialisation the net is its image net applied frame by frame, and an image
     net's weights load into it by their names (`model.init_from`). With `given_frames`, it also
     reads a clip's given frames (`given` (B, C, T, H, W), 0 where not given) and their mask
     (`given_mask` (B, 1, T, 1, 1)) through one more input convolution, zero at first: prediction
     and interpolation (`training.conditioners.GivenFrames`).
 
-    Level i works at resolution image_size / 2^i with channels * channel_mult[i] channels and
-    `num_res_blocks` residual blocks; self-attention follows each block at `attn_resolutions`.
+    Level i works at resolution image_size / patch_size / 2^i with channels * channel_mult[i]
+    channels and `num_res_blocks` residual blocks; self-attention follows each block at
+    `attn_resolutions` (resolutions as the levels work at). With patch_size p > 1 the net reads
+    and writes p x p patches as p^2 channels (space-to-depth, as Hoogeboom et al. 2023 shift a
+    high resolution down at the input): about p^2 times less compute, for a net that models the
+    pixels of a patch jointly in its last convolution.
     With num_classes > 0 the net is class-conditional; label `num_classes` is the null class
     (unconditional), which is what `class_labels=None` means. With augment_dim > 0 the net also
     takes non-leaking augmentation labels (B, augment_dim); None means "not augmented".
@@ -72,9 +84,15 @@ class UNet(nn.Module):
         text_encoder: nn.Module | None = None,
         cross_attn_resolutions: Sequence[int] = (),
         temporal_attn_resolutions: Sequence[int] | None = None,
+        spacetime_attn_resolutions: Sequence[int] = (),
+        temporal_kernel: Sequence[int] = (3, 1, 1),
         given_frames: bool = False,
+        patch_size: int = 1,
     ):
         super().__init__()
+        if patch_size < 1:
+            raise ValueError(f"net.patch_size must be >= 1, got {patch_size}")
+        self.patch_size = patch_size
         self.checkpoint_activations = checkpoint_activations
         self.channel_mult = list(channel_mult)
         if len(sample_shape) not in (3, 4) or sample_shape[-1] != sample_shape[-2]:
@@ -86,10 +104,10 @@ class UNet(nn.Module):
         in_channels, image_size = self._sample_shape[0], self._sample_shape[-1]
         self.frames = self._sample_shape[1] if len(sample_shape) == 4 else 0
         self.check_shape(self._sample_shape)
-        resolutions = [image_size // 2**i for i in range(len(channel_mult))]
+        resolutions = [image_size // patch_size // 2**i for i in range(len(channel_mult))]
         widths = [channels * m for m in channel_mult]
         _check_layout(resolutions, widths, norm_groups, attn_resolutions, cross_attn_resolutions,
-                      text_encoder is not None)  # fmt: skip
+                      text_encoder is not None, spacetime_attn_resolutions)  # fmt: skip
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         emb_ch = 4 * channels
 
@@ -101,14 +119,15 @@ class UNet(nn.Module):
         self.tokenizer = getattr(text_encoder, "tokenizer", None)
         text_dim = text_encoder.dim if text_encoder is not None else 0
         self.text_pool = nn.Linear(text_dim, emb_ch) if text_encoder is not None else None
-        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        patch = patch_size**2  # channels of a p x p patch, per channel of the samples
+        self.conv_in = nn.Conv2d(in_channels * patch, widths[0], 3, padding=1)
         if given_frames and not self.frames:
             raise ValueError("net.given_frames=true needs clips: a sample_shape (C, T, H, W)")
         self.given_frames = given_frames
         # The given frames and their mask, read beside the noisy input (concatenated, as one
         # convolution of both); zero at first, so an inflated net is still the image net. No
         # bias: no frame given (zeros) is exactly no `given_frames` at all, as sampling passes.
-        given_in = nn.Conv2d(in_channels + 1, widths[0], 3, padding=1, bias=False)
+        given_in = nn.Conv2d((in_channels + 1) * patch, widths[0], 3, padding=1, bias=False)
         self.given_in = zero_init(given_in) if given_frames else None
 
         def cross(ch: int) -> CrossAttention:
@@ -119,9 +138,16 @@ class UNet(nn.Module):
             net's names."""
             if not self.frames:
                 return []
-            layers = [TemporalConv(ch, self.frames, norm_groups)]
-            if temporal_attn_resolutions is None or res in temporal_attn_resolutions:
-                heads = min(head_channels, ch)
+            if any(k % 2 == 0 for k in temporal_kernel) or len(temporal_kernel) != 3:
+                raise ValueError(
+                    f"net.temporal_kernel {list(temporal_kernel)} must be 3 odd sizes "
+                    "(time, height, width), e.g. [3, 1, 1] or [3, 3, 3]"
+                )
+            layers = [TemporalConv(ch, self.frames, norm_groups, temporal_kernel)]
+            heads = min(head_channels, ch)
+            if res in spacetime_attn_resolutions:  # every position of every frame
+                layers.append(SpaceTimeAttention(ch, self.frames, heads, norm_groups))
+            elif temporal_attn_resolutions is None or res in temporal_attn_resolutions:
                 layers.append(TemporalAttention(ch, self.frames, heads, norm_groups))
             return layers
 
@@ -150,7 +176,7 @@ class UNet(nn.Module):
         self.up = _decoder(widths, resolutions, num_res_blocks, skips, block)
         ch = widths[0]
         self.norm_out = nn.GroupNorm(norm_groups, ch)
-        self.conv_out = zero_init(nn.Conv2d(ch, in_channels, 3, padding=1))
+        self.conv_out = zero_init(nn.Conv2d(ch, in_channels * patch, 3, padding=1))
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -169,10 +195,11 @@ class UNet(nn.Module):
             )
         size = shape[-1]
         levels = len(self.channel_mult)
-        factor = 2 ** (levels - 1)
+        factor = self.patch_size * 2 ** (levels - 1)
         if size % factor:
+            patches = f" after {self.patch_size}x{self.patch_size} patches" * (self.patch_size > 1)
             raise ValueError(
-                f"image size {size} cannot be halved {levels - 1} times by a UNet with "
+                f"image size {size} cannot be halved {levels - 1} times{patches} by a UNet with "
                 f"{levels} levels (channel_mult={self.channel_mult}): use an image size divisible "
                 f"by {factor} (e.g. {size + factor - size % factor}) or fewer levels"
             )
@@ -210,10 +237,12 @@ class UNet(nn.Module):
         run = _run
         if self.checkpoint_activations and torch.is_grad_enabled():
             run = partial(checkpoint, _run, use_reentrant=False)
-        h = self.conv_in(x)
+        p = self.patch_size
+        h = self.conv_in(F.pixel_unshuffle(x, p))  # (N, C, H, W) -> (N, C p^2, H/p, W/p) first
         if given is not None:  # (B, C, T, H, W) and its mask (B, 1, T, 1, 1) as one more channel
             mask = given_mask.to(given.dtype).expand_as(given[:, :1])
-            h = h + self.given_in(as_frames(torch.cat([given, mask], dim=1)).to(h.dtype))
+            given = as_frames(torch.cat([given, mask], dim=1))  # (B*T, C+1, H, W)
+            h = h + self.given_in(F.pixel_unshuffle(given, p).to(h.dtype))
         skips = [h]
         for layers in self.down:
             h = run(layers, h, emb, context)
@@ -223,7 +252,7 @@ class UNet(nn.Module):
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = run(layers, h, emb, context)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), p)  # patches to pixels
         return as_clips(out, self.frames) if self.frames else out
 
 
@@ -234,10 +263,15 @@ def _check_layout(
     attn_resolutions: Sequence[int],
     cross_attn_resolutions: Sequence[int],
     reads_text: bool,
+    spacetime_attn_resolutions: Sequence[int] = (),
 ) -> None:
     """Refuse, naming the fix, attention at resolutions the UNet has not, cross-attention with
     no text to attend to, and widths that GroupNorm cannot split."""
-    for name, chosen in (("attn", attn_resolutions), ("cross_attn", cross_attn_resolutions)):
+    for name, chosen in (
+        ("attn", attn_resolutions),
+        ("cross_attn", cross_attn_resolutions),
+        ("spacetime_attn", spacetime_attn_resolutions),
+    ):
         if unknown := set(chosen) - set(resolutions):
             raise ValueError(
                 f"{name}_resolutions {sorted(unknown)} not among the UNet's resolutions "

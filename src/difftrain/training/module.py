@@ -60,6 +60,8 @@ class DiffusionModule(L.LightningModule):
 
     With `init_from` (an image run's checkpoint), a video net starts from that run's EMA weights
     in its spatial layers (`nets.temporal.inflate`): at first it is the image net frame by frame.
+    With `freeze_init` those weights stay as loaded and only the new (temporal) layers train, as
+    AnimateDiff trains its motion module (Guo et al. 2024).
 
     With `compile` (True, or a torch.compile mode such as "max-autotune-no-cudagraphs"), the
     trained net's forward is compiled; the EMA copy, which samples, is not. With an `autoencoder`
@@ -92,12 +94,21 @@ class DiffusionModule(L.LightningModule):
         clusters: Clusters | None = None,
         conditioning: Conditioning | None = None,
         init_from: str | None = None,
+        freeze_init: bool = False,
         given_modes: Sequence[str] = GivenFrames.MODES,
     ):
         super().__init__()
         check_compatible(schedule, objective)
+        if freeze_init and not init_from:
+            raise ValueError(
+                "model.freeze_init=true keeps the weights model.init_from loads: give "
+                "model.init_from=<an image run's checkpoint>, or set model.freeze_init=false"
+            )
         if init_from:  # before the EMA copies the net: both start from these weights
-            load_image_net(net, init_from)
+            loaded = load_image_net(net, init_from)
+            for name, param in net.named_parameters():
+                if freeze_init and name in loaded:  # only the new (temporal) layers learn
+                    param.requires_grad_(False)
         self.conditioning = conditioning or conditioning_for(
             net, label_dropout, clusters, given_modes
         )
@@ -256,8 +267,9 @@ class DiffusionModule(L.LightningModule):
         }
 
 
-def load_image_net(net: Net, path: str) -> None:
-    """Inflate `net` with the EMA net weights of the checkpoint at `path` (`model.init_from`)."""
+def load_image_net(net: Net, path: str) -> set[str]:
+    """Inflate `net` with the EMA net weights of the checkpoint at `path` (`model.init_from`);
+    returns the names it loaded."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     except (OSError, KeyError, RuntimeError) as e:
@@ -273,3 +285,4 @@ def load_image_net(net: Net, path: str) -> None:
         raise ValueError(f"model.init_from={path}: {e}") from None
     log.info("the net starts from %s's weights (%d tensors); %d temporal tensors start at "
              "initialisation", path, len(weights), len(fresh))  # fmt: skip
+    return set(weights)

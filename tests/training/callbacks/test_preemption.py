@@ -44,6 +44,7 @@ def test_a_signal_saves_the_step_and_exits(tmp_path, signal_name):
     stop_at_step_4(tmp_path / "cut", signal_name)
 
 
+@pytest.mark.slow  # the default suite keeps a faster test of the same path
 def test_a_run_stopped_by_sigusr1_resumes_exactly(tmp_path):
     """SLURM's --signal=USR1 stops the run like SIGTERM; resumed (whatever stopped it), it ends
     bit for bit where an uninterrupted run ends."""

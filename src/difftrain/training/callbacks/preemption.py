@@ -33,6 +33,22 @@ class Preempted(SystemExit):
         return self.message
 
 
+def launched_by_lightning(trainer: L.Trainer) -> bool:
+    """Whether this process is a child that Lightning's launcher started (DDP on one machine,
+    rank > 0). The launcher's main process SIGKILLs itself and every child within seconds of a
+    child exiting with a non-zero code: a stopped child exits 0 so that the main process (rank
+    0) can finish its summary and give the job its exit code. Processes that a scheduler or
+    torchrun started keep theirs."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return (
+        trainer.world_size > 1
+        and isinstance(environment, LightningEnvironment)
+        and environment.local_rank() > 0
+    )
+
+
 class Preemption(L.Callback):
     """On SIGTERM, SIGUSR1 or SIGUSR2 the current step (or validation) finishes, a checkpoint
     with the exact-resume state is written to `dirpath/last.ckpt`, and the run stops with
@@ -87,10 +103,11 @@ class Preemption(L.Callback):
         if name not in ("SIGTERM", "SIGINT") and callable(previous):
             previous(self.received, None)  # a scheduler's own requeue (submitit, Lightning's SLURM)
         how = "stopped by Ctrl-C (SIGINT)" if name == "SIGINT" else f"preempted by {name}"
+        code = INTERRUPTED if name == "SIGINT" else EXIT_CODE
         raise Preempted(
             f"{how} at step {trainer.global_step}: saved {quoted(path)}; resume with "
             f"{override('ckpt_path', path)} (or ckpt_path=last in the same run dir)",
-            INTERRUPTED if name == "SIGINT" else EXIT_CODE,
+            0 if launched_by_lightning(trainer) else code,
         )
 
     def on_train_batch_end(

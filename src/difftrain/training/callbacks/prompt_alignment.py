@@ -1,4 +1,5 @@
-"""`Alignment`: prompt alignment of EMA samples during training, on captioned_digits."""
+"""`Alignment`: prompt alignment of EMA samples during training, on captioned data
+(captioned_digits, moving_digits_text)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from difftrain.data.captioned import CaptionedImages
 from difftrain.diffusion.samplers import Sampler
 from difftrain.evaluation.alignment import AttributeJudge, alignment, prompt_set
 from difftrain.evaluation.metrics import frechet_distance
@@ -23,12 +23,12 @@ log = logging.getLogger(__name__)
 class Alignment(L.Callback):
     """After every `every_n_validations`-th validation, draws one sample for each of `num_seen`
     prompts of attribute combinations seen in training and `num_per_held_out` prompts of each
-    held-out combination (the data's `held_out`), and logs the share whose digit, foreground and
-    background colour, size and position the attribute judge finds as asked:
-    `eval/align_<attribute>`, `eval/align_all` (all five), and `eval/align_heldout_*` for the
-    held-out prompts. The same samples give `eval/fid`: the FID of the digit and colour judges'
-    features against `num_reference` validation
-    images (comparable between runs of the same data and prompt set, not with other FIDs). With
+    held-out combination (the data's `held_out`), and logs the share whose attributes the
+    attribute judge finds as asked (captioned_digits: digit, foreground and background colour,
+    size and position; moving_digits_text: digit, colour and direction): `eval/align_<attribute>`,
+    `eval/align_all` (all at once), and `eval/align_heldout_*` for the held-out prompts. The same
+    samples give `eval/fid`: the FID of some judges' features against `num_reference` validation
+    examples (comparable between runs of the same data and prompt set, not with other FIDs). With
     `clip_score_model` (a folder or hub name of a CLIP model, vision and text), also
     `eval/clip_score`: torchmetrics' CLIPScore of the samples against their prompts.
 
@@ -73,21 +73,26 @@ class Alignment(L.Callback):
         datamodule = trainer.datamodule
         datamodule.setup("fit")
         train, val = datamodule.train_set.dataset, datamodule.val_set.dataset
-        if not isinstance(train, CaptionedImages):
+        if getattr(train, "schema", None) is None:
             raise ValueError(
-                "callbacks.alignment needs captioned data (data=captioned_digits); drop it with "
-                "callbacks.alignment=null"
+                "callbacks.alignment needs captioned data (data=captioned_digits or "
+                "data=moving_digits_text); drop it with callbacks.alignment=null"
             )
         start = time.perf_counter()
         self.judge = AttributeJudge.load_or_train(
             train, val, self.cache_dir, self.judge_images, self.judge_epochs,
             self.judge_min_accuracy,
         )  # fmt: skip
+        self.schema = train.schema
         self.asked, self.held_out = prompt_set(
-            self.num_seen, self.num_per_held_out, train.held_out, self.seed
+            self.num_seen, self.num_per_held_out, train.held_out, self.seed, self.schema
         )
         self.reference = self.judge.features(val.images[: self.num_reference])
         if self.clip_score_model is not None:
+            if train.images.ndim != 4:
+                raise ValueError(
+                    "callbacks.alignment.clip_score_model scores images, not clips: set it to null"
+                )
             self.clip_score = clip_score_metric(self.clip_score_model)
         self.seconds += time.perf_counter() - start
 
@@ -108,13 +113,14 @@ class Alignment(L.Callback):
 
     def score(self, model: Any, datamodule: Any) -> dict[str, float]:
         """Draw the prompt set with `model.generate` and judge it."""
-        prompts = [a.caption() for a in self.asked]
+        prompts = self.schema.captions(self.asked)
         samples, _ = model.generate(
             len(prompts), self.sampler, seed=self.seed, prompts=prompts,
             guidance=self.guidance, batch_size=self.batch_size,
         )  # fmt: skip
-        images = datamodule.to_uint8(samples)  # (N, C, H, W)
-        scores = alignment(self.judge.predict(images), self.asked, self.held_out)
+        images = datamodule.to_uint8(samples)  # (N, C, H, W) or clips (N, C, T, H, W)
+        predicted = self.judge.predict(images)
+        scores = alignment(predicted, self.asked, self.held_out, self.schema.attributes)
         scores["fid"] = frechet_distance(self.judge.features(images), self.reference)
         if self.clip_score is not None:
             self.clip_score.reset()
