@@ -20,6 +20,7 @@ def test_real_data_scores_perfectly(kind, modes):
     assert points.shape == (4000, 2) and labels.max() < modes
     scores = ToyEvaluator(kind, modes, 2.0, 0.05)(points)
     assert scores["modes_captured"] == modes and scores["hq_share"] > 0.98
+    assert scores["swd"] < 0.06  # fresh data against the evaluator's own reference draw
 
 
 def test_collapsed_samples_are_caught():
@@ -28,6 +29,8 @@ def test_collapsed_samples_are_caught():
     assert collapsed["modes_captured"] == 3
     blurry = ToyEvaluator("ring", 8, 2.0, 0.05)(points + 0.5 * torch.randn_like(points))
     assert blurry["hq_share"] < 0.3
+    real = ToyEvaluator("ring", 8, 2.0, 0.05)(points)["swd"]
+    assert collapsed["swd"] > 4 * real and blurry["swd"] > 4 * real  # both far from the data
 
 
 def test_mlp_shapes_and_scatter_plot(tmp_path):

@@ -82,7 +82,8 @@ def sample(cfg: DictConfig) -> Path:
         writer.head(media.preview_size(cfg.grid_size)), Path(cfg.out).with_suffix(".png")
     )
     print(
-        f"wrote {cfg.n} {media.key} ({sampler.steps} steps, NFE {nfe}) to {quoted(out)} and "
+        f"wrote {cfg.n} {media.key} ({len(sampler.levels or ()) or sampler.steps} steps, NFE "
+        f"{nfe}) to {quoted(out)} and "
         f"a preview to {quoted(preview)}"
     )
     if context is not None:

@@ -11,14 +11,14 @@ x = x0 + sigma eps, so every sampler runs with every schedule and objective.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from difftrain.diffusion.denoiser import DenoiserFn
-from difftrain.diffusion.schedules import NoiseSchedule
+from difftrain.diffusion.schedules import NoiseSchedule, karras_sigmas
 from difftrain.nets.protocol import Cond
 
 Callback = Callable[[dict], None]
@@ -221,8 +221,23 @@ class Sampler:
     spacing: str = "leading"
     rho: float = 7.0
     sigma_max: float | None = 80.0
+    sigma_min: float | None = None  # karras spacing's lowest level (None: the schedule's)
+    levels: Sequence[float] | None = None  # these levels, then 0, in place of steps and spacing
 
     def sigmas(self, schedule: NoiseSchedule) -> Tensor:
+        if self.levels is not None:
+            levels = torch.tensor([float(s) for s in self.levels] + [0.0])
+            if len(levels) < 2 or not (levels[:-1] > 0).all() or (levels.diff() >= 0).any():
+                raise ValueError(
+                    f"sampler.levels must be decreasing noise levels above 0, got "
+                    f"{list(self.levels)}"
+                )
+            return levels
+        if self.spacing == "karras" and self.sigma_min is not None:
+            top = schedule.sigma(torch.tensor([1.0], dtype=torch.float64)).item()
+            top = top if self.sigma_max is None else min(top, self.sigma_max)
+            sigmas = karras_sigmas(self.sigma_min, top, self.steps, self.rho)
+            return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
         return schedule.sampling_sigmas(self.steps, self.spacing, self.rho, self.sigma_max)
 
     def check(self, schedule: NoiseSchedule) -> None:

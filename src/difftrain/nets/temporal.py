@@ -110,11 +110,11 @@ def inflate(net: nn.Module, image_weights: Mapping[str, Tensor]) -> list[str]:
     ]
     if foreign or reshaped:
         raise ValueError(
-            "the image net's weights do not fit this net's spatial layers"
+            "the checkpoint's net weights do not fit this net (a video net: its spatial layers)"
             + (f"; no place for {foreign[:3]}" if foreign else "")
             + (f"; other shapes: {reshaped[:3]}" if reshaped else "")
-            + ": give the video net the image net's settings (channels, channel_mult, "
-            "num_res_blocks, attention, classes)"
+            + ": give this net the checkpoint's net settings (channels, channel_mult, "
+            "num_res_blocks, attention, classes, patch_size: its experiment)"
         )
     net.load_state_dict(image_weights, strict=False)
     return [k for k in own if k not in image_weights]

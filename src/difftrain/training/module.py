@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from difftrain.diffusion.consistency import ConsistencyObjective, ConsistencyTuningLoss
 from difftrain.diffusion.denoiser import Denoiser
 from difftrain.diffusion.generate import Diffusion
 from difftrain.diffusion.loss import DenoisingLoss
@@ -63,6 +64,9 @@ class DiffusionModule(L.LightningModule):
     With `freeze_init` those weights stay as loaded and only the new (temporal) layers train, as
     AnimateDiff trains its motion module (Guo et al. 2024).
 
+    With `boundary_sigma` the denoiser is a consistency model's f, `objective`'s preconditioning
+    with the boundary condition f(x, boundary_sigma) = x (`diffusion.consistency`; distill=ect).
+
     With `compile` (True, or a torch.compile mode such as "max-autotune-no-cudagraphs"), the
     trained net's forward is compiled; the EMA copy, which samples, is not. With an `autoencoder`
     (latent diffusion), batches are its latents and samples are decoded.
@@ -96,9 +100,18 @@ class DiffusionModule(L.LightningModule):
         init_from: str | None = None,
         freeze_init: bool = False,
         given_modes: Sequence[str] = GivenFrames.MODES,
+        boundary_sigma: float | None = None,
     ):
         super().__init__()
         check_compatible(schedule, objective)
+        if isinstance(loss, ConsistencyTuningLoss) and (boundary_sigma is None or not init_from):
+            raise ValueError(
+                "loss=ect tunes a trained model into a consistency model: give "
+                "model.init_from=<the teacher's checkpoint> and model.boundary_sigma (distill=ect "
+                "sets it), with the teacher's own settings (its experiment)"
+            )
+        if boundary_sigma is not None:  # a consistency model: f(x, boundary_sigma) = x
+            objective = ConsistencyObjective(objective, boundary_sigma)
         if freeze_init and not init_from:
             raise ValueError(
                 "model.freeze_init=true keeps the weights model.init_from loads: give "

@@ -1,0 +1,174 @@
+"""Few-step generation from a trained model: the consistency function, Easy Consistency Tuning's
+loss, and multistep consistency sampling.
+
+A consistency model f(x, sigma) maps any point of a probability-flow ODE trajectory to its start,
+with the boundary condition f(x, sigma_min) = x (Song et al. 2023, Eq. 3). `ConsistencyObjective`
+writes f as preconditioning around any objective's denoiser D (every difftrain objective is in
+EDM form, Karras et al. 2022, Table 1):
+
+    f(x, sigma) = x + (1 - sigma_min / sigma) (D(x; sigma) - x),
+
+the ODE's Euler step from sigma down to sigma_min along D's direction: f(x, sigma_min) = x
+exactly, and f = D up to sigma_min / sigma (0.25% at sigma 0.8) where sampling evaluates it, so a
+student starts as its teacher. (Song et al. and ECT shift EDM's c_skip and c_out by sigma_min
+instead: the same boundary, for the EDM objective only.)
+
+`ConsistencyTuningLoss` is ECT (Geng et al. 2024, "Consistency Models Made Easy"; locuslab/ect
+`training/loss.py`): the model, tuned from a trained checkpoint, is its own teacher,
+    t ~ LogNormal(p_mean, p_std),  r = t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), clamped at 0,
+    x_t = x0 + t n,  x_r = x0 + r n  (one shared noise n),
+    loss = d(f(x_t, t), stopgrad f(x_r, r)) / (t - r),
+with d the pseudo-Huber distance sqrt(||.||^2 + c^2) - c (c = 0: the L2 norm) and the target
+x0 itself where r is below sigma_min (the boundary). The gap t - r halves with each stage
+(`stages` over the run's steps), from plain denoising at stage 0 (r = 0 for t under about 2) to
+consistency between near neighbours. Both branches see the same dropout mask. ECT's paper,
+Eq. 9-11 and its Sec. 3.3 (the mapping function); its CIFAR-10 defaults are p_mean -1.1,
+p_std 2.0, q 2, k 8, b 1, c 0.
+
+`sample_consistency` is multistep consistency sampling (Song et al. 2023, Algorithm 1): f at the
+first level from pure noise, then for each next level sigma, x = f + sigma n and f again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from difftrain.diffusion.denoiser import Denoiser, DenoiserFn
+from difftrain.diffusion.loss import example_mean
+from difftrain.diffusion.objectives import Objective, Scalings, expand_like
+from difftrain.diffusion.samplers import Callback, _noise, solver_facts
+from difftrain.diffusion.schedules import NoiseSchedule
+from difftrain.nets.protocol import Cond
+from difftrain.streams import WHOLE, Share
+
+
+class ConsistencyObjective(Objective):
+    """`base`'s preconditioning with the boundary condition f(x, sigma_min) = x: D's scalings
+    blended towards the identity by sigma_min / sigma (see the module's docstring)."""
+
+    def __init__(self, base: Objective, sigma_min: float = 0.002):
+        if sigma_min <= 0:
+            raise ValueError(f"the boundary's sigma_min must be > 0, got {sigma_min}")
+        self.base, self.sigma_min = base, sigma_min
+        self.name = f"consistency({base.name})"
+        self.defined_at_zero_snr = base.defined_at_zero_snr
+
+    def scalings(self, sigma: Tensor) -> Scalings:
+        c_skip, c_out, c_in, c_noise = self.base.scalings(sigma)
+        keep = self.sigma_min / sigma  # 1 at the boundary: f = x
+        return keep + (1 - keep) * c_skip, (1 - keep) * c_out, c_in, c_noise
+
+
+def ect_gap(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> Tensor:
+    """ECT's r for levels t at `stage`: t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), at least 0."""
+    shrink = q ** -(stage + 1) * (1 + k * torch.sigmoid(-b * t))
+    return (t * (1 - shrink)).clamp(min=0)
+
+
+def _rng_state(device: torch.device) -> Callable[[], None]:
+    """A function that puts back the random state of `device` as it is now (dropout's)."""
+    if device.type == "cuda":
+        state = torch.cuda.get_rng_state(device)
+        return lambda: torch.cuda.set_rng_state(state, device)
+    state = torch.get_rng_state()
+    return lambda: torch.set_rng_state(state)
+
+
+class ConsistencyTuningLoss(nn.Module):
+    """Easy Consistency Tuning's loss (see the module's docstring), with `DenoisingLoss`'s
+    interface: per-example losses (B,) and the levels t (B,), every draw made for the global
+    batch from the step's generator. The stage is `stages` x the share of `total_steps` done
+    (`set_step`): the schedule step, so a time budget stretches it."""
+
+    def __init__(
+        self,
+        p_mean: float = -1.1,
+        p_std: float = 2.0,
+        q: float = 2.0,
+        k: float = 8.0,
+        b: float = 1.0,
+        c: float = 0.0,
+        stages: int = 8,
+        total_steps: int = 1,
+        sigma_max: float = 80.0,
+    ):
+        super().__init__()
+        if q <= 1 or stages < 1 or total_steps < 1 or c < 0:
+            raise ValueError(
+                f"loss: ECT needs q > 1, stages >= 1, total_steps >= 1 and c >= 0, got q={q}, "
+                f"stages={stages}, total_steps={total_steps}, c={c}"
+            )
+        self.p_mean, self.p_std, self.q, self.k, self.b, self.c = p_mean, p_std, q, k, b, c
+        self.stages, self.total_steps, self.sigma_max = stages, total_steps, sigma_max
+        self.stage = 0
+
+    def set_step(self, step: int) -> None:
+        self.stage = min(self.stages - 1, self.stages * step // self.total_steps)
+
+    def distance(
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        t: Tensor,
+        r: Tensor,
+        noise: Tensor,
+        cond: Cond | None = None,
+    ) -> Tensor:
+        """d(f(x0 + t n, t), stopgrad f(x0 + r n, r)) per example (B,): zero where r = t."""
+        restore = _rng_state(x0.device)
+        f_t = denoiser(x0 + expand_like(t, x0) * noise, t, cond).float()
+        sigma_min = denoiser.objective.sigma_min
+        with torch.no_grad():
+            restore()  # the same dropout mask in both branches
+            r_in = r.clamp(min=sigma_min)
+            f_r = denoiser(x0 + expand_like(r_in, x0) * noise, r_in, cond).float()
+            f_r = torch.where(expand_like(r < sigma_min, x0), x0.float(), f_r)  # the boundary
+        squared = example_mean((f_t - f_r).square(), cond)
+        return (squared + self.c**2).sqrt() - self.c
+
+    def forward(
+        self,
+        denoiser: Denoiser,
+        schedule: NoiseSchedule,
+        x0: Tensor,
+        cond: Cond | None = None,
+        generator: torch.Generator | None = None,
+        share: Share = WHOLE,
+        gather: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        if not isinstance(denoiser.objective, ConsistencyObjective):
+            raise ValueError(
+                "loss=ect trains a consistency model: set model.boundary_sigma (distill=ect does)"
+            )
+        n = len(x0) * share.world
+        z = torch.randn(n, device=x0.device, generator=generator)
+        t = share.of((self.p_mean + self.p_std * z).exp().clamp(max=self.sigma_max)).to(x0.dtype)
+        noise = share.of(
+            torch.randn((n, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=generator)
+        )
+        r = ect_gap(t, self.stage, self.q, self.k, self.b)
+        return self.distance(denoiser, x0, t, r, noise, cond) / (t - r).float(), t
+
+
+@solver_facts(multistep=False)
+@torch.no_grad()
+def sample_consistency(
+    denoiser: DenoiserFn,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Cond | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1): the model's x0 at each
+    level of `sigmas` (ending in 0), renoised to the next; NFE = len(sigmas) - 1."""
+    for i in range(len(sigmas) - 1):
+        x0 = denoiser(x, sigmas[i], cond)
+        x = x0 + sigmas[i + 1] * _noise(x, generator) if sigmas[i + 1] > 0 else x0
+        if callback is not None:
+            callback({"i": i, "x": x, "sigma": sigmas[i], "denoised": x0})
+    return x
