@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -162,7 +163,10 @@ def difftrain(args: argparse.Namespace) -> dict:
     ]  # fmt: skip
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    train(cfg)
+    try:
+        train(cfg)
+    finally:  # the run dir (checkpoints, W&B files) is scratch: leave nothing in /tmp
+        shutil.rmtree(out, ignore_errors=True)
     clock = WallClock.made[-1]
     return {"images_per_s": args.batch_size * args.steps / (clock.end - clock.start)}
 
