@@ -49,6 +49,7 @@ def test_ect_draws_in_two_steps_far_better_than_the_teacher_does(toy_teacher, tm
     student = run / "checkpoints" / "last.ckpt"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and "eval/swd" in json.dumps(summary)
+    assert summary["evaluation"]["sampler"] == "sample_consistency-2-karras-80.0-0.8"
     teacher_35 = swd(toy_teacher, Sampler(sample_heun, steps=18, spacing="karras"))
     teacher_2 = min(
         swd(toy_teacher, Sampler(solver, steps=2, spacing="karras"))

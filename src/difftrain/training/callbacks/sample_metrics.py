@@ -57,6 +57,10 @@ class Evaluate(L.Callback):
             return {}
         solver = solver_function(self.sampler.solver).__name__
         sampler = f"{solver}-{self.sampler.steps}-{self.sampler.spacing}-{self.sampler.sigma_max}"
+        if self.sampler.sigma_min is not None:  # the consistency sampler's lowest level
+            sampler += f"-{self.sampler.sigma_min}"
+        if self.sampler.levels is not None:  # explicit levels replace steps and spacing
+            sampler = f"{solver}-levels-{'-'.join(f'{s:g}' for s in self.sampler.levels)}"
         return {
             "extractor": self.evaluator.info.get("extractor"),
             "reference": self.evaluator.info.get("reference"),
