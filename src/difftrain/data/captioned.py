@@ -58,10 +58,12 @@ class CaptionSchema:
     """What a captioned dataset's captions say: its attributes, each one's choices (words), and
     the caption's template (`str.format` over the attribute names). A row of attributes is one
     index into each attribute's choices; `held_out` combinations are written "digit=7,colour=red"
-    (digits by number or word)."""
+    (digits by number or word). `featured`: the attributes whose judges' features give the
+    alignment FID (empty: all)."""
 
     choices: dict[str, tuple[str, ...]]
     template: str
+    featured: tuple[str, ...] = ()
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -112,7 +114,9 @@ class CaptionSchema:
 
 
 DIGIT_CAPTIONS = CaptionSchema(
-    CHOICES, "a {size} {foreground} {digit} on a {background} background, {position}"
+    CHOICES,
+    "a {size} {foreground} {digit} on a {background} background, {position}",
+    featured=("digit", "foreground", "background"),  # the FID's features: not size, position
 )
 
 
@@ -171,8 +175,9 @@ def render(glyphs: Tensor, attributes: Tensor) -> Tensor:
 
 
 class CaptionedImages(TensorImages):
-    """uint8 RGB images with their captions' token rows (N, L) as labels, their captions, their
-    attributes (N, 5) and the held-out combinations, for the alignment evaluation."""
+    """uint8 RGB images (or clips: moving_digits_text) with their captions' token rows (N, L) as
+    labels, their captions, their attribute rows (N, A) as `schema` names them and the held-out
+    combinations, for the alignment evaluation."""
 
     def __init__(
         self,
@@ -181,10 +186,11 @@ class CaptionedImages(TensorImages):
         captions: list[str],
         attributes: Tensor,
         held_out: list[dict[str, int]] | None = None,
+        schema: CaptionSchema = DIGIT_CAPTIONS,
     ):
         super().__init__(images, tokens)
         self.captions, self.attributes, self.held_out = captions, attributes, held_out or []
-        self.schema = DIGIT_CAPTIONS
+        self.schema = schema
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.images[i].float() / 255, self.labels[i]

@@ -21,6 +21,7 @@ from torchvision.transforms import v2
 from difftrain.data.captioned import (
     DIGITS,
     FOREGROUNDS,
+    CaptionedImages,
     CaptionSchema,
     load_glyphs,
 )
@@ -146,27 +147,6 @@ def moving_digits(
     return TensorClips(clips, labels, torch.stack(corners, dim=2), heading)
 
 
-class CaptionedClips(TensorClips):
-    """uint8 RGB clips with their captions' token rows (N, L) as labels, their captions, their
-    attribute rows (N, 3: digit, colour, direction) and the held-out combinations: what
-    `callbacks.alignment` judges samples against (`schema`: CLIP_CAPTIONS)."""
-
-    def __init__(
-        self,
-        clips: Tensor,
-        tokens: Tensor,
-        captions: list[str],
-        attributes: Tensor,
-        held_out: list[dict[str, int]],
-    ):
-        super().__init__(clips, tokens)
-        self.captions, self.attributes, self.held_out = captions, attributes, held_out
-        self.schema = CLIP_CAPTIONS
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.images[i].float() / 255, self.labels[i]
-
-
 def moving_digits_text(
     split: str,
     root: str | None = None,
@@ -179,8 +159,8 @@ def moving_digits_text(
     vocab: list[str] | None = None,
     max_length: int = 12,
     seed: int = 0,
-) -> CaptionedClips:
-    """Text-to-video clips: one digit of `moving_digits` in a colour (FOREGROUNDS) on black,
+) -> CaptionedImages:
+    """Text-to-video clips (served as captioned_digits' images are): one digit of `moving_digits` in a colour (FOREGROUNDS) on black,
     setting off along one of the eight DIRECTIONS (it bounces on), captioned "a red three moving
     up and to the left". Clips of a `held_out` combination ("digit=3,direction=up") are left out
     of "train" (kept in "val")."""
@@ -190,17 +170,16 @@ def moving_digits_text(
     generator = torch.Generator().manual_seed(seed * 2 + SPLITS.index(split) + 1000)
     colour = torch.randint(len(FOREGROUNDS), (len(moving),), generator=generator)
     attributes = torch.stack([moving.labels, colour, moving.directions], dim=1)
-    combos = CLIP_CAPTIONS.parse_held_out(held_out)
-    keep = ~CLIP_CAPTIONS.is_held_out(attributes, combos) if split == "train" else None
-    grey, attributes = (moving.images, attributes) if keep is None else (
-        moving.images[keep], attributes[keep]
-    )  # fmt: skip
+    combos, grey = CLIP_CAPTIONS.parse_held_out(held_out), moving.images
+    if split == "train" and combos:
+        keep = ~CLIP_CAPTIONS.is_held_out(attributes, combos)
+        grey, attributes = grey[keep], attributes[keep]
     rgb = torch.tensor(list(FOREGROUNDS.values()), dtype=torch.float32)[attributes[:, 1]]
     coloured = grey.float() / 255 * rgb[:, :, None, None, None]  # (N, 3, T, H, W)
     captions = CLIP_CAPTIONS.captions(attributes)
     tokens = WordTokenizer(vocab or CLIP_CAPTIONS.vocab(), max_length).encode(captions)
     clips_u8 = coloured.round().clamp(0, 255).to(torch.uint8)
-    return CaptionedClips(clips_u8, tokens, captions, attributes, combos)
+    return CaptionedImages(clips_u8, tokens, captions, attributes, combos, CLIP_CAPTIONS)
 
 
 def moving_digit_frames(

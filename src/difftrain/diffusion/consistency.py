@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from difftrain.diffusion.denoiser import Denoiser, DenoiserFn
-from difftrain.diffusion.loss import example_mean
+from difftrain.diffusion.loss import batch_noise, example_mean
+from difftrain.diffusion.noise_levels import LogNormal
 from difftrain.diffusion.objectives import Objective, Scalings, expand_like
 from difftrain.diffusion.samplers import Callback, _noise, solver_facts
 from difftrain.diffusion.schedules import NoiseSchedule
@@ -101,7 +102,8 @@ class ConsistencyTuningLoss(nn.Module):
                 f"loss: ECT needs q > 1, stages >= 1, total_steps >= 1 and c >= 0, got q={q}, "
                 f"stages={stages}, total_steps={total_steps}, c={c}"
             )
-        self.p_mean, self.p_std, self.q, self.k, self.b, self.c = p_mean, p_std, q, k, b, c
+        self.levels = LogNormal(p_mean, p_std)  # t: EDM's log-normal, ECT's p_mean and p_std
+        self.q, self.k, self.b, self.c = q, k, b, c
         self.stages, self.total_steps, self.sigma_max = stages, total_steps, sigma_max
         self.stage = 0
 
@@ -143,12 +145,9 @@ class ConsistencyTuningLoss(nn.Module):
             raise ValueError(
                 "loss=ect trains a consistency model: set model.boundary_sigma (distill=ect does)"
             )
-        n = len(x0) * share.world
-        z = torch.randn(n, device=x0.device, generator=generator)
-        t = share.of((self.p_mean + self.p_std * z).exp().clamp(max=self.sigma_max)).to(x0.dtype)
-        noise = share.of(
-            torch.randn((n, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=generator)
-        )
+        t, _ = self.levels(len(x0) * share.world, schedule, x0.device, generator)
+        t = share.of(t.clamp(max=self.sigma_max)).to(x0.dtype)
+        noise = batch_noise(x0, share, generator)
         r = ect_gap(t, self.stage, self.q, self.k, self.b)
         return self.distance(denoiser, x0, t, r, noise, cond) / (t - r).float(), t
 

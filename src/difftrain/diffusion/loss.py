@@ -51,15 +51,21 @@ class DenoisingLoss(nn.Module):
         # Noise levels and noise, drawn for the global batch: this process keeps its share.
         n = len(x0) * share.world
         sigma, importance = map(share.of, self.noise_levels(n, schedule, x0.device, generator))
-        noise = share.of(
-            torch.randn((n, *x0.shape[1:]), device=x0.device, dtype=x0.dtype, generator=generator)
-        )
+        noise = batch_noise(x0, share, generator)
         sigma = sigma.to(x0.dtype)
         # The raw net's error at x0 + sigma noise, weighted by lambda(sigma) c_out^2 (Eq. 8).
         error, c_out = raw_error(denoiser, x0, sigma, noise, cond)
         loss = self.weighting(sigma, c_out).float() * error
         self.noise_levels.update(loss.detach() if gather is None else gather(loss.detach()))
         return loss * importance, sigma
+
+
+def batch_noise(x0: Tensor, share: Share, generator: torch.Generator | None) -> Tensor:
+    """Standard-normal noise shaped like x0, drawn for the global batch (len(x0) x share.world
+    examples, after its noise levels): this process's share."""
+    n = len(x0) * share.world
+    shape = (n, *x0.shape[1:])
+    return share.of(torch.randn(shape, device=x0.device, dtype=x0.dtype, generator=generator))
 
 
 def raw_error(

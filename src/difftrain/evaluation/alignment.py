@@ -28,19 +28,11 @@ from difftrain.evaluation.clip_classifier import ClipClassifier
 
 log = logging.getLogger(__name__)
 JUDGED = ATTRIBUTES  # captioned_digits' judged attributes, in the order `predict` gives them
-FEATURED = {  # the judges whose features give the FID, per captions' first attribute after digit
-    "foreground": ("digit", "foreground", "background"),  # captioned_digits: not size, position
-    "colour": ("digit", "colour", "direction"),  # moving_digits_text: all three
-}
 JUDGE_VERSION = 1  # part of the cache key: bump it when the judge or its training changes
 
 
-def fingerprint(dataset: Any) -> str:
-    """A short hash of a captioned dataset's images and attributes: the judge's cache key."""
-    return fingerprint_of(dataset.images, dataset.attributes)
-
-
-def fingerprint_of(images: Tensor, attributes: Tensor) -> str:
+def fingerprint(images: Tensor, attributes: Tensor) -> str:
+    """A short hash of captioned images (or clips) and their attributes: the judge's cache key."""
     digest = hashlib.sha256()
     digest.update(images[:: max(1, len(images) // 512)].numpy().tobytes())
     digest.update(attributes.numpy().tobytes())
@@ -58,7 +50,7 @@ class AttributeJudge:
         schema: CaptionSchema = DIGIT_CAPTIONS,
     ):
         self.classifiers, self.accuracies, self.schema = classifiers, accuracies, schema
-        self.featured = FEATURED[schema.attributes[1]]
+        self.featured = schema.featured or schema.attributes
 
     @classmethod
     def load_or_train(
@@ -70,13 +62,13 @@ class AttributeJudge:
         epochs: int = 3,
         min_accuracy: float = 0.9,
     ) -> AttributeJudge:
-        """The judge of these captioned data (`CaptionedImages` or `CaptionedClips`: `images`,
+        """The judge of these captioned data (`CaptionedImages`, of images or clips: `images`,
         `attributes`, `schema`), trained on first use on `images` training examples at most,
         `epochs` for the digit, one for each other attribute, and refused when an attribute's
         validation accuracy is under `min_accuracy`."""
         schema, clips = train.schema, train.images.ndim == 5
         kept, rows = train.images[:images], train.attributes[:images]
-        key = f"captioned{'-clips' if clips else ''}-{fingerprint_of(kept, rows)}-{len(kept)}img"
+        key = f"captioned{'-clips' if clips else ''}-{fingerprint(kept, rows)}-{len(kept)}img"
         channels = kept.shape[1]
         kind = ClipClassifier if clips else Classifier
         classifiers, accuracies = {}, {}
@@ -85,9 +77,7 @@ class AttributeJudge:
                 "train": TensorImages(kept, rows[:, column]),
                 "val": TensorImages(val.images, val.attributes[:, column]),
             }
-            rounds = (
-                epochs if attribute == "digit" else 1
-            )  # a colour, size, place or way: one epoch
+            rounds = epochs if attribute == "digit" else 1  # any other attribute: one epoch
             classes = len(schema.choices[attribute])
             path, accuracy = load_or_train_classifier(
                 f"{key}-{rounds}ep-v{JUDGE_VERSION}-{attribute}", cache_dir, splits.__getitem__,

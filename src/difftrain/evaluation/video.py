@@ -236,18 +236,14 @@ class VideoEvaluator:
             results[name], results[f"real_{name}"] = value, self.real[name]
             if name in MOTION:
                 results[f"{name}_ratio"] = value / max(self.real[name], 1e-12)
-        if features.clip_features is not None and self.real_clip_features is not None:
-            n = len(features.clip_features)  # the floor with as many clips: FD's bias depends on n
-            results["clip_fd"] = frechet_distance(features.clip_features, self.real_clip_features)
-            results["real_clip_fd"] = frechet_distance(
-                self.floor_clip_features[:n], self.real_clip_features
-            )
-        if features.i3d_features is not None and self.real_i3d_features is not None:
-            n = len(features.i3d_features)
-            results["fvd"] = frechet_distance(features.i3d_features, self.real_i3d_features)
-            results["real_fvd"] = frechet_distance(
-                self.floor_i3d_features[:n], self.real_i3d_features
-            )
+        for name, generated, floor, real in (
+            ("clip_fd", features.clip_features, self.floor_clip_features, self.real_clip_features),
+            ("fvd", features.i3d_features, self.floor_i3d_features, self.real_i3d_features),
+        ):
+            if generated is not None and real is not None:
+                n = len(generated)  # the floor with as many clips: FD's bias depends on n
+                results[name] = frechet_distance(generated, real)
+                results[f"real_{name}"] = frechet_distance(floor[:n], real)
         return results
 
     def __call__(self, clips: Tensor, seed: int = 0) -> dict[str, object]:

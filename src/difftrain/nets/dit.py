@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from difftrain.nets.conditioning import add_labels, null_class, read_prompt
 from difftrain.nets.layers import NoiseEmbedding, zero_init
 from difftrain.nets.protocol import Cond
-from difftrain.nets.temporal import as_clips, as_frames
+from difftrain.nets.temporal import as_clips, as_frames, given_input
 
 
 def sincos(positions: Tensor, dim: int) -> Tensor:
@@ -216,9 +216,8 @@ class DiT(nn.Module):
                 context = tuple(t.repeat_interleave(T, 0) for t in context)
         C, H, W = x.shape[1:]
         tokens = self.patchify(x).flatten(2).transpose(1, 2) + self.positions.to(x.dtype)
-        if given is not None:  # (B, C, T, H, W) and its mask (B, 1, T, 1, 1) as one more channel
-            mask = given_mask.to(given.dtype).expand_as(given[:, :1])
-            read = self.given_in(as_frames(torch.cat([given, mask], dim=1)).to(tokens.dtype))
+        if given is not None:  # (B, C, T, H, W) and its mask as one more channel, per frame
+            read = self.given_in(given_input(given, given_mask).to(tokens.dtype))
             tokens = tokens + read.flatten(2).transpose(1, 2)
         N = tokens.shape[1]  # (B*T, N, D): N patches per frame
         per_patch = c[::T].repeat_interleave(N, 0)  # (B, D) -> (B*N, D)

@@ -25,6 +25,13 @@ def as_frames(x: Tensor) -> Tensor:
     return x.transpose(1, 2).flatten(0, 1)
 
 
+def given_input(given: Tensor, given_mask: Tensor) -> Tensor:
+    """Given frames (B, C, T, H, W), 0 where not given, and their mask (B, 1, T, 1, 1) as frames
+    of one more channel (B*T, C + 1, H, W): what a net's given-frames input layer reads."""
+    mask = given_mask.to(given.dtype).expand_as(given[:, :1])
+    return as_frames(torch.cat([given, mask], dim=1))
+
+
 class TemporalConv(nn.Module):
     """GroupNorm-SiLU, then a convolution across frames: `kernel` (time, height, width), by
     default 3 x 1 x 1 (the frames only, Ho et al. 2022); a spatial extent lets it follow what

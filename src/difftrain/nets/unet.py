@@ -27,6 +27,7 @@ from difftrain.nets.temporal import (
     TemporalConv,
     as_clips,
     as_frames,
+    given_input,
 )
 
 
@@ -130,6 +131,12 @@ class UNet(nn.Module):
         given_in = nn.Conv2d((in_channels + 1) * patch, widths[0], 3, padding=1, bias=False)
         self.given_in = zero_init(given_in) if given_frames else None
 
+        if len(temporal_kernel) != 3 or any(k % 2 == 0 for k in temporal_kernel):
+            raise ValueError(
+                f"net.temporal_kernel {list(temporal_kernel)} must be 3 odd sizes "
+                "(time, height, width), e.g. [3, 1, 1] or [3, 3, 3]"
+            )
+
         def cross(ch: int) -> CrossAttention:
             return CrossAttention(ch, text_dim, min(head_channels, ch), norm_groups)
 
@@ -138,11 +145,6 @@ class UNet(nn.Module):
             net's names."""
             if not self.frames:
                 return []
-            if any(k % 2 == 0 for k in temporal_kernel) or len(temporal_kernel) != 3:
-                raise ValueError(
-                    f"net.temporal_kernel {list(temporal_kernel)} must be 3 odd sizes "
-                    "(time, height, width), e.g. [3, 1, 1] or [3, 3, 3]"
-                )
             layers = [TemporalConv(ch, self.frames, norm_groups, temporal_kernel)]
             heads = min(head_channels, ch)
             if res in spacetime_attn_resolutions:  # every position of every frame
@@ -239,10 +241,8 @@ class UNet(nn.Module):
             run = partial(checkpoint, _run, use_reentrant=False)
         p = self.patch_size
         h = self.conv_in(F.pixel_unshuffle(x, p))  # (N, C, H, W) -> (N, C p^2, H/p, W/p) first
-        if given is not None:  # (B, C, T, H, W) and its mask (B, 1, T, 1, 1) as one more channel
-            mask = given_mask.to(given.dtype).expand_as(given[:, :1])
-            given = as_frames(torch.cat([given, mask], dim=1))  # (B*T, C+1, H, W)
-            h = h + self.given_in(F.pixel_unshuffle(given, p).to(h.dtype))
+        if given is not None:  # (B, C, T, H, W) and its mask as one more channel, per frame
+            h = h + self.given_in(F.pixel_unshuffle(given_input(given, given_mask), p).to(h.dtype))
         skips = [h]
         for layers in self.down:
             h = run(layers, h, emb, context)
