@@ -1,6 +1,8 @@
 """Samplers x NFE on one checkpoint: quality (classifier FID, recall, class coverage) and images/s.
 
     python benchmarks/sampler_table.py CKPT [--n 500] [--nfe 5 10 20 50] [--samplers ddim heun ...]
+    python benchmarks/sampler_table.py STUDENT --samplers consistency --nfe 1 2 4 \
+        --sampler-overrides sampler.sigma_min=1.5     # a consistency model (README, Few-step)
 
 Each sampler gets the step count whose NFE is closest to the target (Heun: 2 steps - 1).
 Reference features and the classifier come from the same cache as difftrain-eval.
@@ -38,6 +40,12 @@ def main() -> None:
         "--grids", type=Path, default=None, help="write a 64-image grid per row here"
     )
     parser.add_argument(
+        "--sampler-overrides",
+        nargs="*",
+        default=[],
+        help="sampler settings for every row (e.g. sampler.sigma_min=1.5)",
+    )
+    parser.add_argument(
         "--overrides",
         nargs="*",
         default=[],
@@ -55,7 +63,8 @@ def main() -> None:
         evaluator.setup()
         for name in args.samplers:
             for nfe in args.nfe:
-                sampler = instantiate(compose("eval", overrides=[f"sampler={name}"]).sampler)
+                chosen = [f"sampler={name}", *args.sampler_overrides]
+                sampler = instantiate(compose("eval", overrides=chosen).sampler)
                 steps = steps_for(sampler.solver, nfe)  # Heun evaluates the net twice a step
                 sampler = dataclasses.replace(sampler, steps=steps)
                 start = time.perf_counter()

@@ -92,9 +92,11 @@ def test_loss(make_cfg, option):
     cfg = make_cfg(f"loss={option}", "net=unet_tiny")
     loss = instantiate(cfg.loss)
     objective = instantiate(cfg.objective)
-    if option == "ect":  # it tunes a consistency model: the boundary that distill=ect gives
+    if option in ("ect", "cd"):  # a consistency model: the boundary that distill=ect/cd gives
         objective = ConsistencyObjective(objective, 0.002)
     denoiser = Denoiser(instantiate(cfg.net), objective)
+    if option == "cd":  # and a teacher, which the module sets from model.init_from
+        loss.set_teacher(Denoiser(instantiate(cfg.net), instantiate(cfg.objective)))
     x0 = torch.randn(4, *denoiser.net.sample_shape)
     losses, sigma = loss(denoiser, instantiate(cfg.schedule), x0, generator=torch.Generator())
     assert losses.shape == sigma.shape == (4,) and torch.isfinite(losses).all()

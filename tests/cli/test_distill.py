@@ -1,5 +1,6 @@
 """Few-step generation end to end: a toy2d teacher, then Easy Consistency Tuning (distill=ect)
-for a fifth of its steps, drawn in 2 steps against the teacher's 35 and 2.
+and consistency distillation (distill=cd) for a fifth of its steps, drawn in 2 steps against the
+teacher's 35 and 2.
 
 Measured (sliced W1 to the data, 4000 points; fresh data scores 0.014): the teacher 0.0149 at
 NFE 35 and 0.386 at NFE 2; the student 0.053 at NFE 2 ([80, 0.8]; 0.035 at [80, 0.3]). The
@@ -67,10 +68,26 @@ def test_ect_draws_in_two_steps_far_better_than_the_teacher_does(toy_teacher, tm
     assert config.loss._target_.endswith("ConsistencyTuningLoss")  # its method, with the teacher
 
 
+def test_cd_distils_a_frozen_teacher_into_two_steps(toy_teacher, tmp_path):
+    cfg = compose_cfg(tmp_path, *TOY, "distill=cd", f"model.init_from={toy_teacher}",
+                      "trainer.max_steps=200", "trainer.val_check_interval=200")  # fmt: skip
+    train(cfg)
+    student = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    teacher_2 = swd(toy_teacher, Sampler(sample_euler, steps=2, spacing="karras"))
+    student_2 = swd(student, Sampler(sample_consistency, steps=2, spacing="karras", sigma_min=0.8))
+    assert student_2 < teacher_2 / 3, (student_2, teacher_2)
+    config = load_trained(student).config  # its teacher and method; no teacher weights kept
+    assert config.model.init_from == str(toy_teacher) and config.task_name == "cd"
+    assert config.loss._target_.endswith("ConsistencyDistillationLoss")
+    state = torch.load(student, map_location="cpu", weights_only=False)["state_dict"]
+    assert not any("teacher" in key for key in state)
+
+
 def test_distill_ect_refuses_a_student_without_its_teacher(tmp_path):
-    cfg = compose_cfg(tmp_path, *TOY, "distill=ect", "trainer.max_steps=2")
-    with pytest.raises(Exception, match="model.init_from"):
-        train(cfg)
+    for method in ("ect", "cd"):
+        cfg = compose_cfg(tmp_path / method, *TOY, f"distill={method}", "trainer.max_steps=2")
+        with pytest.raises(Exception, match="model.init_from"):
+            train(cfg)
 
 
 def test_a_consistency_sampler_runs_through_guidance_and_labels(tiny_conditional_checkpoint):
@@ -78,3 +95,26 @@ def test_a_consistency_sampler_runs_through_guidance_and_labels(tiny_conditional
     sampler = Sampler(partial(sample_consistency), steps=2, spacing="karras", sigma_min=0.8)
     images, nfe = model.sample(3, sampler, seed=0, labels=[1, 2, 3], guidance=2.0)
     assert nfe == 2 and images.shape[0] == 3 and images.dtype == torch.uint8  # guided steps
+
+
+@pytest.mark.parametrize("method", ["ect", "cd"])
+def test_a_resumed_distillation_ends_with_the_same_weights(toy_teacher, tmp_path, method):
+    """Stopped at step 3 and resumed to 6 (dropout on, the stage moving): the run never stopped."""
+    stages = ["loss.stages=6", "loss.total_steps=6"] if method == "ect" else []  # one a step
+    run = [*TOY, f"distill={method}", f"model.init_from={toy_teacher}", "net.dropout=0.1",
+           "data.batch_size=16", "trainer.val_check_interval=3", *stages,
+           "callbacks.evaluate.every_n_validations=100"]  # fmt: skip
+
+    def last(cfg) -> dict:
+        train(cfg)
+        ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+    straight = last(compose_cfg(tmp_path / "straight", *run, "trainer.max_steps=6"))
+    first = compose_cfg(tmp_path / "first", *run, "trainer.max_steps=3")
+    last(first)
+    resumed = compose_cfg(tmp_path / "resumed", *run, "trainer.max_steps=6",
+                          f"ckpt_path={first.paths.output_dir}/checkpoints/last.ckpt")  # fmt: skip
+    state = last(resumed)
+    assert state.keys() == straight.keys()
+    assert all(torch.equal(state[k], straight[k]) for k in state), method

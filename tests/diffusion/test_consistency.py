@@ -7,13 +7,15 @@ import torch
 from torch import nn
 
 from difftrain.diffusion.consistency import (
+    ConsistencyDistillationLoss,
     ConsistencyObjective,
     ConsistencyTuningLoss,
     ect_gap,
+    heun_step,
     sample_consistency,
 )
 from difftrain.diffusion.denoiser import Denoiser
-from difftrain.diffusion.objectives import EDMObjective, EpsObjective, VObjective
+from difftrain.diffusion.objectives import EDMObjective, EpsObjective, VObjective, expand_like
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import EDMSchedule
 
@@ -59,9 +61,10 @@ def test_the_loss_is_zero_where_r_is_t_and_the_target_is_x0_below_the_boundary()
     loss = ConsistencyTuningLoss(total_steps=100)
     x0, noise = torch.randn(8, 2), torch.randn(8, 2)
     t = torch.linspace(0.01, 10, 8)
-    zero = loss.distance(f, x0, t, t, noise)  # dropout on: only a shared mask makes this 0
+    x_t = x0 + t[:, None] * noise
+    zero = loss.distance(f, x0, x_t, t, x_t, t)  # dropout on: only a shared mask makes this 0
     assert torch.equal(zero, torch.zeros(8))
-    below = loss.distance(f, x0, t, torch.zeros(8), noise)  # r = 0: the target is x0 itself
+    below = loss.distance(f, x0, x_t, t, x0, torch.zeros(8))  # r = 0: the target is x0 itself
     assert below.gt(0).all()
     losses, levels = loss(f, EDMSchedule(), x0, generator=torch.Generator().manual_seed(0))
     assert losses.shape == (8,) and torch.isfinite(losses).all() and (levels <= 80).all()
@@ -93,3 +96,42 @@ def test_multistep_consistency_sampling_renoises_between_levels():
     assert nfe == 3 and torch.equal(samples, target.expand(4, 2))
     with pytest.raises(ValueError, match="sampler.levels must be decreasing"):
         Sampler(sample_consistency, levels=[0.8, 80.0]).sigmas(EDMSchedule())
+
+
+class Gaussian:
+    """N(0, std^2) data, whose probability-flow ODE is known: the exact denoiser D, and the exact
+    consistency function f(x, sigma) = x sqrt((std^2 + sigma_min^2) / (std^2 + sigma^2))."""
+
+    objective = ConsistencyObjective(EDMObjective(), 0.002)
+
+    def __init__(self, std: float, consistent: bool):
+        self.std, self.consistent = std, consistent
+
+    def __call__(self, x, sigma, cond=None):
+        var, level = self.std**2, expand_like(sigma.expand(len(x)), x) ** 2
+        if self.consistent:
+            return x * ((var + self.objective.sigma_min**2) / (var + level)).sqrt()
+        return x * var / (var + level)  # the denoiser: the ODE's end only where sigma is small
+
+
+def test_the_teacher_heun_step_follows_the_ode_and_cd_is_near_zero_at_the_true_f():
+    torch.manual_seed(0)
+    t = torch.tensor([80.0, 10.0, 1.0, 0.1])
+    r = 0.7 * t
+    x = torch.randn(4, 2) * (0.25 + t[:, None] ** 2).sqrt()
+    exact = x * ((0.25 + r[:, None] ** 2) / (0.25 + t[:, None] ** 2)).sqrt()
+    torch.testing.assert_close(heun_step(Gaussian(0.5, False), x, t, r), exact, rtol=5e-3, atol=0)
+    loss = ConsistencyDistillationLoss(levels=18)
+    loss.set_teacher(Denoiser(DropoutNet(), EDMObjective()))
+    assert not any(p.requires_grad for p in loss.teacher.parameters())  # frozen
+    loss.__dict__["teacher"] = Gaussian(0.5, consistent=False)  # the exact denoiser
+    x0 = 0.5 * torch.randn(4096, 2)
+    draws = torch.Generator().manual_seed(0)
+    true_f, levels = loss(Gaussian(0.5, True), EDMSchedule(), x0, generator=draws)
+    draws.manual_seed(0)
+    wrong_f, _ = loss(Gaussian(0.5, False), EDMSchedule(), x0, generator=draws)
+    assert true_f.mean() < wrong_f.mean() / 15, (true_f.mean(), wrong_f.mean())
+    lowest = 0.002 ** (1 / 7) + (80 ** (1 / 7) - 0.002 ** (1 / 7)) / 17
+    assert levels.min() >= lowest**7 * 0.999 and levels.max() <= 80  # adjacent Karras levels
+    with pytest.raises(ValueError, match="model.init_from"):
+        ConsistencyDistillationLoss()(Gaussian(0.5, True), EDMSchedule(), x0)

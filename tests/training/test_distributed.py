@@ -170,3 +170,22 @@ def test_fsdp_composes_with_its_units_and_refuses_what_it_cannot_shard(make_cfg)
         ValueError, match=r"callbacks=phema\) .* trainer=fsdp shards: use trainer=ddp"
     ):
         phema.on_train_start(SimpleNamespace(strategy=strategy), None)
+
+
+@pytest.mark.slow  # about a minute: two runs, one of two processes
+def test_a_distillation_of_two_processes_matches_one_process(two_processes, tmp_path):
+    """distill=cd from the 2-process run as its (cluster-conditioned) teacher: each process
+    holds the frozen teacher and draws its share of the global batch's levels and noise."""
+    distil = [*RUN, *CLUSTERED, "distill=cd", f"model.init_from={two_processes}/checkpoints/last.ckpt",
+              "callbacks.evaluate.every_n_validations=100"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_module("difftrain.cli.train", *distil, "data.batch_size=16", f"hydra.run.dir={one}",
+               cwd=tmp_path)  # fmt: skip
+    run_module("difftrain.cli.train", *distil, *DDP, f"hydra.run.dir={two}", cwd=tmp_path)
+    assert summary(two)["health"]["ranks_differ_by"] == 0.0
+    a, b = state(one), state(two)
+    assert not any("teacher" in k for k in a)
+    worst = max(
+        (a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point()
+    )
+    assert worst < TOLERANCE

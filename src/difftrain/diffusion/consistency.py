@@ -25,6 +25,17 @@ consistency between near neighbours. Both branches see the same dropout mask. EC
 Eq. 9-11 and its Sec. 3.3 (the mapping function); its CIFAR-10 defaults are p_mean -1.1,
 p_std 2.0, q 2, k 8, b 1, c 0.
 
+`ConsistencyDistillationLoss` is consistency distillation (CD; Song et al. 2023, Algorithm 2;
+openai/consistency_models `karras_diffusion.py`, `consistency_losses`): a frozen teacher, the
+trained run's EMA denoiser, gives the target by one Heun step of its probability-flow ODE
+between adjacent levels of N Karras levels (rho 7) from sigma_min to sigma_max,
+    n ~ U{1, ..., N-1},  t = sigma_{n+1},  r = sigma_n,  x_t = x0 + t z,
+    x_r = x_t + (r - t) (d(x_t, t) + d(x_euler, r)) / 2,  d(x, s) = (x - D_teacher(x, s)) / s,
+    loss = d(f(x_t, t), stopgrad f(x_r, r)) / (t - r),
+with ECT's distance and weighting, so the two methods differ only in the target: the teacher's
+ODE step against the shared noise. The target net is the student itself (stop-gradient), as in
+improved consistency training and ECT (Song et al.'s CD used an EMA of it, mu 0.95).
+
 `sample_consistency` is multistep consistency sampling (Song et al. 2023, Algorithm 1): f at the
 first level from pure noise, then for each next level sigma, x = f + sigma n and f again.
 """
@@ -41,7 +52,7 @@ from difftrain.diffusion.loss import batch_noise, example_mean
 from difftrain.diffusion.noise_levels import LogNormal
 from difftrain.diffusion.objectives import Objective, Scalings, expand_like
 from difftrain.diffusion.samplers import Callback, _noise, solver_facts
-from difftrain.diffusion.schedules import NoiseSchedule
+from difftrain.diffusion.schedules import NoiseSchedule, karras_sigmas
 from difftrain.nets.protocol import Cond
 from difftrain.streams import WHOLE, Share
 
@@ -69,6 +80,14 @@ def ect_gap(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.
     return (t * (1 - shrink)).clamp(min=0)
 
 
+def check_consistency_model(denoiser: Denoiser) -> None:
+    if not isinstance(denoiser.objective, ConsistencyObjective):
+        raise ValueError(
+            "a consistency loss (loss=ect or cd) trains a consistency model: set "
+            "model.boundary_sigma (distill=ect and distill=cd do)"
+        )
+
+
 def _rng_state(device: torch.device) -> Callable[[], None]:
     """A function that puts back the random state of `device` as it is now (dropout's)."""
     if device.type == "cuda":
@@ -78,11 +97,47 @@ def _rng_state(device: torch.device) -> Callable[[], None]:
     return lambda: torch.set_rng_state(state)
 
 
-class ConsistencyTuningLoss(nn.Module):
-    """Easy Consistency Tuning's loss (see the module's docstring), with `DenoisingLoss`'s
-    interface: per-example losses (B,) and the levels t (B,), every draw made for the global
-    batch from the step's generator. The stage is `stages` x the share of `total_steps` done
-    (`set_step`): the schedule step, so a time budget stretches it."""
+class ConsistencyLoss(nn.Module):
+    """What ECT and CD share, with `DenoisingLoss`'s interface (per-example losses (B,) and the
+    levels t (B,), every draw made for the global batch from the step's generator): the distance
+    between f at a higher level and stop-gradient f at a lower one, `c` its pseudo-Huber
+    constant (0: the L2 norm), and no level above `sigma_max`."""
+
+    def __init__(self, c: float = 0.0, sigma_max: float = 80.0):
+        super().__init__()
+        if c < 0:
+            raise ValueError(f"loss: the pseudo-Huber constant c must be >= 0, got {c}")
+        self.c, self.sigma_max = c, sigma_max
+
+    def set_step(self, step: int) -> None:
+        """The schedule step, for losses that change over the run."""
+
+    def distance(
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        x_r: Tensor,
+        r: Tensor,
+        cond: Cond | None = None,
+    ) -> Tensor:
+        """d(f(x_t, t), stopgrad f(x_r, r)) per example (B,), the target x0 where r is below the
+        boundary: zero where (x_r, r) = (x_t, t)."""
+        restore = _rng_state(x0.device)
+        f_t = denoiser(x_t, t, cond).float()
+        sigma_min = denoiser.objective.sigma_min
+        with torch.no_grad():
+            restore()  # the same dropout mask in both branches
+            f_r = denoiser(x_r, r.clamp(min=sigma_min), cond).float()
+            f_r = torch.where(expand_like(r < sigma_min, x0), x0.float(), f_r)  # the boundary
+        squared = example_mean((f_t - f_r).square(), cond)
+        return (squared + self.c**2).sqrt() - self.c
+
+
+class ConsistencyTuningLoss(ConsistencyLoss):
+    """Easy Consistency Tuning's loss (see the module's docstring). The stage is `stages` x the
+    share of `total_steps` done (`set_step`): the schedule step, so a time budget stretches it."""
 
     def __init__(
         self,
@@ -96,40 +151,19 @@ class ConsistencyTuningLoss(nn.Module):
         total_steps: int = 1,
         sigma_max: float = 80.0,
     ):
-        super().__init__()
-        if q <= 1 or stages < 1 or total_steps < 1 or c < 0:
+        super().__init__(c, sigma_max)
+        if q <= 1 or stages < 1 or total_steps < 1:
             raise ValueError(
-                f"loss: ECT needs q > 1, stages >= 1, total_steps >= 1 and c >= 0, got q={q}, "
-                f"stages={stages}, total_steps={total_steps}, c={c}"
+                f"loss: ECT needs q > 1, stages >= 1 and total_steps >= 1, got q={q}, "
+                f"stages={stages}, total_steps={total_steps}"
             )
         self.levels = LogNormal(p_mean, p_std)  # t: EDM's log-normal, ECT's p_mean and p_std
-        self.q, self.k, self.b, self.c = q, k, b, c
-        self.stages, self.total_steps, self.sigma_max = stages, total_steps, sigma_max
+        self.q, self.k, self.b = q, k, b
+        self.stages, self.total_steps = stages, total_steps
         self.stage = 0
 
     def set_step(self, step: int) -> None:
         self.stage = min(self.stages - 1, self.stages * step // self.total_steps)
-
-    def distance(
-        self,
-        denoiser: Denoiser,
-        x0: Tensor,
-        t: Tensor,
-        r: Tensor,
-        noise: Tensor,
-        cond: Cond | None = None,
-    ) -> Tensor:
-        """d(f(x0 + t n, t), stopgrad f(x0 + r n, r)) per example (B,): zero where r = t."""
-        restore = _rng_state(x0.device)
-        f_t = denoiser(x0 + expand_like(t, x0) * noise, t, cond).float()
-        sigma_min = denoiser.objective.sigma_min
-        with torch.no_grad():
-            restore()  # the same dropout mask in both branches
-            r_in = r.clamp(min=sigma_min)
-            f_r = denoiser(x0 + expand_like(r_in, x0) * noise, r_in, cond).float()
-            f_r = torch.where(expand_like(r < sigma_min, x0), x0.float(), f_r)  # the boundary
-        squared = example_mean((f_t - f_r).square(), cond)
-        return (squared + self.c**2).sqrt() - self.c
 
     def forward(
         self,
@@ -141,15 +175,64 @@ class ConsistencyTuningLoss(nn.Module):
         share: Share = WHOLE,
         gather: Callable[[Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        if not isinstance(denoiser.objective, ConsistencyObjective):
-            raise ValueError(
-                "loss=ect trains a consistency model: set model.boundary_sigma (distill=ect does)"
-            )
+        check_consistency_model(denoiser)
         t, _ = self.levels(len(x0) * share.world, schedule, x0.device, generator)
         t = share.of(t.clamp(max=self.sigma_max)).to(x0.dtype)
         noise = batch_noise(x0, share, generator)
         r = ect_gap(t, self.stage, self.q, self.k, self.b)
-        return self.distance(denoiser, x0, t, r, noise, cond) / (t - r).float(), t
+        x_t, x_r = x0 + expand_like(t, x0) * noise, x0 + expand_like(r, x0) * noise
+        return self.distance(denoiser, x0, x_t, t, x_r, r, cond) / (t - r).float(), t
+
+
+@torch.no_grad()
+def heun_step(denoiser: DenoiserFn, x: Tensor, t: Tensor, r: Tensor, cond: Cond | None = None):
+    """One Heun step of the probability-flow ODE dx/dsigma = (x - D(x)) / sigma from levels t to
+    r > 0, per example (B,) (Karras et al. 2022, Algorithm 1, one step)."""
+    t_, r_ = expand_like(t, x), expand_like(r, x)
+    d = (x - denoiser(x, t, cond)) / t_
+    x_euler = x + (r_ - t_) * d
+    return x + (r_ - t_) * (d + (x_euler - denoiser(x_euler, r, cond)) / r_) / 2
+
+
+class ConsistencyDistillationLoss(ConsistencyLoss):
+    """Consistency distillation (see the module's docstring): the target is the frozen `teacher`'s Heun step between adjacent levels of `levels` Karras
+    levels. `teacher` (a `Denoiser` with the run's own objective) is set by the training module
+    from `model.init_from`; it is not a submodule, so the checkpoint does not carry it."""
+
+    def __init__(self, levels: int = 18, rho: float = 7.0, c: float = 0.0, sigma_max: float = 80.0):
+        if levels < 2:
+            raise ValueError(f"loss: CD needs levels >= 2 noise levels, got {levels}")
+        super().__init__(c, sigma_max)
+        self.num_levels, self.rho = levels, rho
+        self.__dict__["teacher"] = None
+
+    def set_teacher(self, teacher: Denoiser) -> None:
+        teacher.eval().requires_grad_(False)
+        self.__dict__["teacher"] = teacher
+
+    def forward(
+        self,
+        denoiser: Denoiser,
+        schedule: NoiseSchedule,
+        x0: Tensor,
+        cond: Cond | None = None,
+        generator: torch.Generator | None = None,
+        share: Share = WHOLE,
+        gather: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        check_consistency_model(denoiser)
+        if self.teacher is None:
+            raise ValueError("loss=cd distills a teacher: give model.init_from=<its checkpoint>")
+        sigma_min = denoiser.objective.sigma_min
+        levels = karras_sigmas(sigma_min, self.sigma_max, self.num_levels, self.rho).flip(0)
+        levels = levels.to(x0.device, x0.dtype)  # rising: sigma_1 = sigma_min, ..., sigma_max
+        n = torch.randint(
+            self.num_levels - 1, (len(x0) * share.world,), device=x0.device, generator=generator
+        )
+        t, r = share.of(levels[n + 1]), share.of(levels[n])
+        x_t = x0 + expand_like(t, x0) * batch_noise(x0, share, generator)
+        x_r = heun_step(self.teacher, x_t, t, r, cond).to(x0.dtype)
+        return self.distance(denoiser, x0, x_t, t, x_r, r, cond) / (t - r).float(), t
 
 
 @solver_facts(multistep=False)

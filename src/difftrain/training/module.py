@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 
@@ -9,7 +10,11 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from difftrain.diffusion.consistency import ConsistencyObjective, ConsistencyTuningLoss
+from difftrain.diffusion.consistency import (
+    ConsistencyDistillationLoss,
+    ConsistencyLoss,
+    ConsistencyObjective,
+)
 from difftrain.diffusion.denoiser import Denoiser
 from difftrain.diffusion.generate import Diffusion
 from difftrain.diffusion.loss import DenoisingLoss
@@ -65,7 +70,8 @@ class DiffusionModule(L.LightningModule):
     AnimateDiff trains its motion module (Guo et al. 2024).
 
     With `boundary_sigma` the denoiser is a consistency model's f, `objective`'s preconditioning
-    with the boundary condition f(x, boundary_sigma) = x (`diffusion.consistency`; distill=ect).
+    with the boundary condition f(x, boundary_sigma) = x (`diffusion.consistency`; distill=ect);
+    with loss=cd (distill=cd) a frozen copy of the `init_from` weights is the teacher.
 
     With `compile` (True, or a torch.compile mode such as "max-autotune-no-cudagraphs"), the
     trained net's forward is compiled; the EMA copy, which samples, is not. With an `autoencoder`
@@ -104,12 +110,13 @@ class DiffusionModule(L.LightningModule):
     ):
         super().__init__()
         check_compatible(schedule, objective)
-        if isinstance(loss, ConsistencyTuningLoss) and (boundary_sigma is None or not init_from):
+        if isinstance(loss, ConsistencyLoss) and (boundary_sigma is None or not init_from):
             raise ValueError(
-                "loss=ect tunes a trained model into a consistency model: give "
+                "loss=ect or cd makes a trained model a consistency model: give "
                 "model.init_from=<the teacher's checkpoint> and model.boundary_sigma (distill=ect "
-                "sets it), with the teacher's own settings (its experiment)"
+                "and distill=cd set it), with the teacher's own settings (its experiment)"
             )
+        teacher_objective = objective
         if boundary_sigma is not None:  # a consistency model: f(x, boundary_sigma) = x
             objective = ConsistencyObjective(objective, boundary_sigma)
         if freeze_init and not init_from:
@@ -122,6 +129,8 @@ class DiffusionModule(L.LightningModule):
             for name, param in net.named_parameters():
                 if freeze_init and name in loaded:  # only the new (temporal) layers learn
                     param.requires_grad_(False)
+            if isinstance(loss, ConsistencyDistillationLoss):  # the frozen teacher, as loaded
+                loss.set_teacher(Denoiser(copy.deepcopy(net), teacher_objective))
         self.conditioning = conditioning or conditioning_for(
             net, label_dropout, clusters, given_modes
         )
@@ -164,7 +173,10 @@ class DiffusionModule(L.LightningModule):
         """The net takes what the data serves (latents with an autoencoder); the conditioning
         reads what it needs of the data once (captions, the examples clusters are fitted to)."""
         check_served(self.denoiser.net, self.trainer.datamodule)
-        self.conditioning.setup(self.trainer.datamodule, [self.denoiser, self.ema.module])
+        denoisers = [self.denoiser, self.ema.module]
+        if (teacher := getattr(self.loss, "teacher", None)) is not None:  # distill=cd's
+            denoisers.append(teacher.to(self.device))
+        self.conditioning.setup(self.trainer.datamodule, denoisers)
 
     def schedule_step(self) -> int:
         """The step that step-based schedules read: the global step, or under a time budget
