@@ -80,14 +80,6 @@ def ect_gap(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.
     return (t * (1 - shrink)).clamp(min=0)
 
 
-def check_consistency_model(denoiser: Denoiser) -> None:
-    if not isinstance(denoiser.objective, ConsistencyObjective):
-        raise ValueError(
-            "a consistency loss (loss=ect or cd) trains a consistency model: set "
-            "model.boundary_sigma (distill=ect and distill=cd do)"
-        )
-
-
 def _rng_state(device: torch.device) -> Callable[[], None]:
     """A function that puts back the random state of `device` as it is now (dropout's)."""
     if device.type == "cuda":
@@ -100,8 +92,9 @@ def _rng_state(device: torch.device) -> Callable[[], None]:
 class ConsistencyLoss(nn.Module):
     """What ECT and CD share, with `DenoisingLoss`'s interface (per-example losses (B,) and the
     levels t (B,), every draw made for the global batch from the step's generator): the distance
-    between f at a higher level and stop-gradient f at a lower one, `c` its pseudo-Huber
-    constant (0: the L2 norm), and no level above `sigma_max`."""
+    between f at a higher level and stop-gradient f at a lower one over their gap, `c` its
+    pseudo-Huber constant (0: the L2 norm), and no level above `sigma_max`. A method gives the
+    pairs of points and levels (`pair`)."""
 
     def __init__(self, c: float = 0.0, sigma_max: float = 80.0):
         super().__init__()
@@ -134,6 +127,36 @@ class ConsistencyLoss(nn.Module):
         squared = example_mean((f_t - f_r).square(), cond)
         return (squared + self.c**2).sqrt() - self.c
 
+    def forward(
+        self,
+        denoiser: Denoiser,
+        schedule: NoiseSchedule,
+        x0: Tensor,
+        cond: Cond | None = None,
+        generator: torch.Generator | None = None,
+        share: Share = WHOLE,
+        gather: Callable[[Tensor], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        if not isinstance(denoiser.objective, ConsistencyObjective):
+            raise ValueError(
+                "a consistency loss (loss=ect or cd) trains a consistency model: set "
+                "model.boundary_sigma (distill=ect and distill=cd do)"
+            )
+        x_t, t, x_r, r = self.pair(denoiser, schedule, x0, cond, generator, share)
+        return self.distance(denoiser, x0, x_t, t, x_r, r, cond) / (t - r).float(), t
+
+    def pair(
+        self,
+        denoiser: Denoiser,
+        schedule: NoiseSchedule,
+        x0: Tensor,
+        cond: Cond | None,
+        generator: torch.Generator | None,
+        share: Share,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The points and levels (x_t, t, x_r, r), r < t, of each example: the method's."""
+        raise NotImplementedError
+
 
 class ConsistencyTuningLoss(ConsistencyLoss):
     """Easy Consistency Tuning's loss (see the module's docstring). The stage is `stages` x the
@@ -165,23 +188,21 @@ class ConsistencyTuningLoss(ConsistencyLoss):
     def set_step(self, step: int) -> None:
         self.stage = min(self.stages - 1, self.stages * step // self.total_steps)
 
-    def forward(
+    def pair(
         self,
         denoiser: Denoiser,
         schedule: NoiseSchedule,
         x0: Tensor,
-        cond: Cond | None = None,
-        generator: torch.Generator | None = None,
-        share: Share = WHOLE,
-        gather: Callable[[Tensor], Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        check_consistency_model(denoiser)
+        cond: Cond | None,
+        generator: torch.Generator | None,
+        share: Share,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x_t and x_r on one shared noise, at t drawn log-normal and r at the stage's gap."""
         t, _ = self.levels(len(x0) * share.world, schedule, x0.device, generator)
         t = share.of(t.clamp(max=self.sigma_max)).to(x0.dtype)
         noise = batch_noise(x0, share, generator)
         r = ect_gap(t, self.stage, self.q, self.k, self.b)
-        x_t, x_r = x0 + expand_like(t, x0) * noise, x0 + expand_like(r, x0) * noise
-        return self.distance(denoiser, x0, x_t, t, x_r, r, cond) / (t - r).float(), t
+        return x0 + expand_like(t, x0) * noise, t, x0 + expand_like(r, x0) * noise, r
 
 
 @torch.no_grad()
@@ -195,8 +216,8 @@ def heun_step(denoiser: DenoiserFn, x: Tensor, t: Tensor, r: Tensor, cond: Cond 
 
 
 class ConsistencyDistillationLoss(ConsistencyLoss):
-    """Consistency distillation (see the module's docstring): the target is the frozen `teacher`'s Heun step between adjacent levels of `levels` Karras
-    levels. `teacher` (a `Denoiser` with the run's own objective) is set by the training module
+    """Consistency distillation (see the module's docstring): the target is the frozen
+    `teacher`'s Heun step between adjacent levels of `levels` Karras levels. `teacher` (a `Denoiser` with the run's own objective) is set by the training module
     from `model.init_from`; it is not a submodule, so the checkpoint does not carry it."""
 
     def __init__(self, levels: int = 18, rho: float = 7.0, c: float = 0.0, sigma_max: float = 80.0):
@@ -210,17 +231,16 @@ class ConsistencyDistillationLoss(ConsistencyLoss):
         teacher.eval().requires_grad_(False)
         self.__dict__["teacher"] = teacher
 
-    def forward(
+    def pair(
         self,
         denoiser: Denoiser,
         schedule: NoiseSchedule,
         x0: Tensor,
-        cond: Cond | None = None,
-        generator: torch.Generator | None = None,
-        share: Share = WHOLE,
-        gather: Callable[[Tensor], Tensor] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        check_consistency_model(denoiser)
+        cond: Cond | None,
+        generator: torch.Generator | None,
+        share: Share,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x_t at a Karras level t, and the teacher's Heun step from it to the level r below."""
         if self.teacher is None:
             raise ValueError("loss=cd distills a teacher: give model.init_from=<its checkpoint>")
         sigma_min = denoiser.objective.sigma_min
@@ -231,8 +251,7 @@ class ConsistencyDistillationLoss(ConsistencyLoss):
         )
         t, r = share.of(levels[n + 1]), share.of(levels[n])
         x_t = x0 + expand_like(t, x0) * batch_noise(x0, share, generator)
-        x_r = heun_step(self.teacher, x_t, t, r, cond).to(x0.dtype)
-        return self.distance(denoiser, x0, x_t, t, x_r, r, cond) / (t - r).float(), t
+        return x_t, t, heun_step(self.teacher, x_t, t, r, cond).to(x0.dtype), r
 
 
 @solver_facts(multistep=False)
