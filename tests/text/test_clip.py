@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("transformers")
 
 from difftrain.text.clip import ClipTextEncoder  # noqa: E402
-from difftrain.text.tokenizer import PAD, WordTokenizer, build_vocab  # noqa: E402
+from difftrain.text.tokenizer import PAD, TextTokenizer, WordTokenizer, build_vocab  # noqa: E402
 from difftrain.training.ema import EMA, WarmupDecay  # noqa: E402
 
 CAPTIONS = ["a red seven on a blue background", "a small green two", "a large white nine"]
@@ -62,6 +62,24 @@ def test_the_table_gives_what_clip_reads_and_new_prompts_are_read(clip_dir, tmp_
     assert list(tmp_path.glob("clip-*.pt")) == [cached]
 
 
+def test_it_reads_any_prompt_as_clip_reads_its_text(clip_dir, tmp_path):
+    """tokenizer=text (the config's): words outside the captions are read, by CLIP's own
+    tokenizer, and a tabled caption's states are those of its text."""
+    clip = ClipTextEncoder(
+        build_vocab(CAPTIONS), str(clip_dir), cache_dir=str(tmp_path), tokenizer="text"
+    )
+    assert isinstance(clip.tokenizer, TextTokenizer)
+    clip.precompute(clip.tokenizer.encode(CAPTIONS))
+    prompts = ["a purple zebra's 8 stripes", CAPTIONS[1], ""]  # unseen words; tabled; empty
+    states, mask = clip.eval()(clip.tokenizer.encode(prompts))
+    ids = clip.clip_tokenizer(prompts, padding="max_length", max_length=40, return_tensors="pt")
+    expected = clip.model(input_ids=ids["input_ids"]).last_hidden_state
+    torch.testing.assert_close(states, expected)
+    assert mask.sum(1).tolist() == ids["attention_mask"].sum(1).tolist()
+    assert mask[0].sum() == len("apurplezebra's8stripes") + 2  # characters, start and end
+    assert not torch.allclose(states[0], states[2])
+
+
 def test_a_missing_model_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="text_encoder.path=<a folder"):
         ClipTextEncoder(["red"], str(tmp_path / "nothing"))
@@ -99,8 +117,12 @@ def test_a_captioned_run_with_clip_trains_caches_and_draws_prompts(clip_dir, tmp
     model = load_trained(tmp_path / "run" / "checkpoints" / "last.ckpt")
     net = model.diffusion.denoiser.net
     assert isinstance(net.text_encoder, ClipTextEncoder) and net.text_encoder.dim == 32
+    assert isinstance(net.tokenizer, TextTokenizer)  # the data's rows carry the captions' text
     images, _ = model.diffusion.generate(2, prompts=["a red seven"], guidance=2.0)
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    unseen = ["an orange zebra", "a red seven"]  # words outside every training caption
+    other, _ = model.diffusion.generate(2, prompts=unseen, guidance=2.0)
+    assert not torch.allclose(other[0], images[0]) and torch.allclose(other[1], images[1])
 
 
 def test_clip_score_is_logged_where_a_clip_model_exists(clip_dir, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from difftrain.text.encoders import TinyTextEncoder
-from difftrain.text.tokenizer import PAD, WordTokenizer, build_vocab
+from difftrain.text.tokenizer import PAD, TextTokenizer, WordTokenizer, build_vocab, make_tokenizer
 
 VOCAB = build_vocab(["a red seven", "a blue three, top left"])
 
@@ -41,3 +41,18 @@ def test_the_encoder_reads_words_and_gives_the_empty_caption_one_state():
     assert not torch.allclose(states[0, :3], states[1, :3])  # the words matter
     assert torch.equal(states[2], states[3]) and torch.equal(states[2, 0], encoder.empty)
     assert mask[2].tolist() == [True] + [False] * 5  # "no prompt" is one learned state
+
+
+def test_text_rows_carry_any_prompt_and_long_ones_are_cut_or_refused():
+    tokenizer = TextTokenizer(max_length=12)
+    rows = tokenizer.encode(["a  purple  zebra", "", "sévén 七"][1:])
+    assert rows.shape == (2, 12) and (rows[0] == PAD).all()  # "" is the empty caption
+    assert tokenizer.decode(rows) == ["", "sévén 七"]
+    assert tokenizer.decode(tokenizer.encode([" a  red\nox"])) == ["a red ox"]
+    with pytest.raises(ValueError, match="has 16 bytes of text; the model reads at most 12"):
+        tokenizer.encode(["a purple zebra 1"])
+    cut = TextTokenizer(max_length=10).encode(["sévén sévén"], truncate=True)  # byte 10: in é
+    assert tokenizer.decode(cut) == ["sévén s"]
+    assert isinstance(make_tokenizer("text", None, 4), TextTokenizer)
+    with pytest.raises(ValueError, match="unknown tokenizer 'bpe': use words"):
+        make_tokenizer("bpe", VOCAB, 4)

@@ -30,7 +30,7 @@ from difftrain.data.datasets import (
     scan_image_folder,
 )
 from difftrain.errors import ConfigError
-from difftrain.text.tokenizer import WordTokenizer, build_vocab
+from difftrain.text.tokenizer import build_vocab, make_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +218,7 @@ def captioned_digits(
     held_out: list[str] | tuple[str, ...] = (),
     vocab: list[str] | None = None,
     max_length: int = 16,
+    tokenizer: str = "words",
     seed: int = 0,
     max_glyphs: int | None = None,
 ) -> CaptionedImages:
@@ -238,7 +239,7 @@ def captioned_digits(
         keep = ~is_held_out(attributes, combos)
         glyphs, attributes = glyphs[keep], attributes[keep]
     captions = [Attributes(*row).caption() for row in attributes.tolist()]
-    tokens = WordTokenizer(vocab or caption_vocab(), max_length).encode(captions)
+    tokens = make_tokenizer(tokenizer, vocab or caption_vocab(), max_length).encode(captions)
     return CaptionedImages(render(glyphs, attributes), tokens, captions, attributes, combos)
 
 
@@ -275,6 +276,7 @@ def caption_folder(
     vocab: list[str],
     channels: int = 3,
     max_length: int = 32,
+    tokenizer: str = "words",
     val_fraction: float = 0.05,
     seed: int = 0,
 ) -> CaptionFolder:
@@ -296,7 +298,6 @@ def caption_folder(
     idx = _split_indices(len(captioned), split, val_fraction, seed).tolist()
     chosen = [captioned[i] for i in idx]
     captions = [" ".join(_caption_file(p).read_text(errors="replace").split()) for p in chosen]
-    tokenizer = WordTokenizer(vocab, max_length)
-    tokens = tokenizer.encode(captions, truncate=True)
+    tokens = make_tokenizer(tokenizer, vocab, max_length).encode(captions, truncate=True)
     images = ImageFolder(chosen, [0] * len(chosen), image_size, channels)
     return CaptionFolder(images, captions, tokens)

@@ -34,7 +34,7 @@ from difftrain.data.datasets import (
     _split_indices,
 )
 from difftrain.data.media import Videos
-from difftrain.text.tokenizer import WordTokenizer
+from difftrain.text.tokenizer import make_tokenizer
 
 log = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".gif", ".avi", ".mov", ".mkv", ".m4v")
@@ -158,6 +158,7 @@ def moving_digits_text(
     held_out: Sequence[str] = (),
     vocab: list[str] | None = None,
     max_length: int = 12,
+    tokenizer: str = "words",
     seed: int = 0,
 ) -> CaptionedImages:
     """Text-to-video clips (served as captioned_digits' images are): one digit of `moving_digits` in a colour (FOREGROUNDS) on black,
@@ -177,7 +178,7 @@ def moving_digits_text(
     rgb = torch.tensor(list(FOREGROUNDS.values()), dtype=torch.float32)[attributes[:, 1]]
     coloured = grey.float() / 255 * rgb[:, :, None, None, None]  # (N, 3, T, H, W)
     captions = CLIP_CAPTIONS.captions(attributes)
-    tokens = WordTokenizer(vocab or CLIP_CAPTIONS.vocab(), max_length).encode(captions)
+    tokens = make_tokenizer(tokenizer, vocab or CLIP_CAPTIONS.vocab(), max_length).encode(captions)
     clips_u8 = coloured.round().clamp(0, 255).to(torch.uint8)
     return CaptionedImages(clips_u8, tokens, captions, attributes, combos, CLIP_CAPTIONS)
 

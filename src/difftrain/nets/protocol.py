@@ -6,8 +6,8 @@ that they pass through untouched (k-diffusion's `extra_args`): `class_labels` (B
 (B, L) and, in training only, `augment_labels` (B, D); a new kind of conditioning is a new name
 that the net reads, with no new argument anywhere else.
 
-A net that reads text also has a `tokenizer` (`text.tokenizer.WordTokenizer`: prompts to
-`text_tokens`); the training module and `Diffusion.generate` look for it. Its empty caption (all
+A net that reads text also has a `tokenizer` (`text.tokenizer`'s WordTokenizer or TextTokenizer:
+prompts to `text_tokens`); the training module and `Diffusion.generate` look for it. Its empty caption (all
 padding) is its "no prompt", which `null_cond` gives.
 """
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from difftrain.console import Progress
 from difftrain.files import filling, load_cached, save_atomically
-from difftrain.text.tokenizer import PAD, WordTokenizer
+from difftrain.text.tokenizer import PAD, make_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +23,26 @@ class ClipTextEncoder(nn.Module):
     Diffusion 1.x reads openai/clip-vit-large-patch14's last hidden states), frozen; in a
     Stable Diffusion folder they are the subfolders text_encoder and tokenizer.
 
-    The net's token rows stay `WordTokenizer` rows over the data's vocabulary, as with
-    text_encoder=tiny, so that caption dropout's empty caption (an all-PAD row), the checkpoint's
-    vocabulary and the prompt checks are the same: CLIP reads each row's words, and an all-PAD
-    row as "", Stable Diffusion's unconditional prompt.
+    The net's token rows are `TextTokenizer` rows (tokenizer="text", conf/text_encoder/clip.yaml):
+    the text itself, which CLIP's own tokenizer reads, so any prompt is read, words outside the
+    training captions included. Caption dropout's empty caption (an all-PAD row) is "", Stable
+    Diffusion's unconditional prompt. tokenizer="words" (runs made before) reads the words of
+    `WordTokenizer` rows over the data's vocabulary instead. The states are CLIP's last hidden
+    states at all clip_max_length positions, read without a padding mask as Stable Diffusion's
+    pipelines read them; the mask tells the real tokens.
 
     Frozen states are computed once per distinct caption: `precompute(rows)` (the data's
     captions, at the start of fitting) reads them with CLIP, or from `cache_dir` where a run with
     the same model and captions left them (the file is named by their fingerprint), and keeps a
-    table that `forward` looks up by a hash of each row. A training step thus neither runs CLIP
-    nor waits for the device; outside training, rows not in the table (new prompts) are read.
+    table that `forward` looks up by a hash of each row, that is of the text. A training step
+    thus neither runs CLIP nor waits for the device; outside training, rows not in the table
+    (new prompts) are read.
     """
 
     def __init__(
         self, vocab: Sequence[str] | None, path: str, max_length: int = 16,
         clip_max_length: int = 77, cache_dir: str | None = None, subfolder: str | None = None,
-        tokenizer_subfolder: str | None = None,
+        tokenizer_subfolder: str | None = None, tokenizer: str = "words",
     ):  # fmt: skip
         super().__init__()
         try:
@@ -66,11 +70,12 @@ class ClipTextEncoder(nn.Module):
                 "them>, or a hub name on a machine that reaches the hub"
             ) from e
         self.model = model.eval().requires_grad_(False)
-        self.tokenizer = WordTokenizer(vocab, max_length)
+        self.tokenizer = make_tokenizer(tokenizer, vocab, max_length)
         self.path, self.cache_dir = str(path), cache_dir
         self.dim = model.config.hidden_size
         self.clip_max_length = min(clip_max_length, model.config.max_position_embeddings)
-        weights = torch.randint(1, 2**61, (max_length,), generator=torch.Generator().manual_seed(0))
+        length = self.tokenizer.max_length
+        weights = torch.randint(1, 2**61, (length,), generator=torch.Generator().manual_seed(0))
         # The table: plain attributes, not buffers, so that neither checkpoints nor the EMA
         # carry it; the EMA's copy of this encoder shares it (`share_table`).
         self.table: dict[str, Tensor] = {"hash": weights}
@@ -82,20 +87,21 @@ class ClipTextEncoder(nn.Module):
 
     @torch.no_grad()
     def read(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """CLIP's last hidden states (B, clip_max_length, dim) and attention mask of token rows."""
+        """CLIP's last hidden states (B, clip_max_length, dim) and the mask of real tokens of token
+        rows, read without a padding mask, as Stable Diffusion's pipelines read prompts."""
         texts = self.tokenizer.decode(tokens)  # an all-PAD row decodes to ""
         encoded = self.clip_tokenizer(
             texts, padding="max_length", max_length=self.clip_max_length, truncation=True,
             return_tensors="pt",
         ).to(tokens.device)  # fmt: skip
-        states = self.model(**encoded).last_hidden_state
+        states = self.model(input_ids=encoded["input_ids"]).last_hidden_state
         return states, encoded["attention_mask"].bool()
 
     def fingerprint(self, rows: Tensor) -> str:
         """Names the states of `rows`: the model (its config and a weight checksum) and the rows."""
         digest = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True).encode())
         digest.update(str(sum(float(p.double().sum()) for p in self.model.parameters())).encode())
-        digest.update(f"{self.clip_max_length}:{self.tokenizer.vocab}".encode())
+        digest.update(f"unmasked:{self.clip_max_length}:{self.tokenizer.vocab}".encode())
         digest.update(rows.cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
 

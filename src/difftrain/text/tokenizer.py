@@ -1,4 +1,6 @@
-"""`WordTokenizer`: a word-level vocabulary built from training captions, kept in the config."""
+"""Captions to token rows (B, L): `WordTokenizer` (a word-level vocabulary built from the training
+captions, kept in the config; text_encoder=tiny) or `TextTokenizer` (the text itself, for a text
+encoder with its own tokenizer: CLIP reads any prompt). `make_tokenizer` picks one by name."""
 
 from __future__ import annotations
 
@@ -66,3 +68,51 @@ class WordTokenizer:
     def decode(self, rows: Tensor) -> list[str]:
         names = [*SPECIALS, *self.vocab]
         return [" ".join(names[i] for i in row.tolist() if i != PAD) for row in rows]
+
+
+TEXT_BYTES = 320  # the bytes of a TextTokenizer row: more than CLIP's 77 tokens of English take
+
+
+class TextTokenizer:
+    """Captions as their UTF-8 bytes, each plus one, padded with PAD (B, TEXT_BYTES): any prompt
+    in any script. For a text encoder with its own tokenizer (CLIP), which reads the text back
+    (`decode`); its cached states are thus keyed by the text. The empty caption is all PAD."""
+
+    vocab = None  # no vocabulary: every text is readable
+    size = 257  # token ids are in [0, 257): PAD and the 256 byte values plus one
+
+    def __init__(self, max_length: int = TEXT_BYTES):
+        self.max_length = max_length
+
+    def encode(self, captions: Sequence[str], truncate: bool = False) -> Tensor:
+        """Token rows (B, max_length); `truncate` cuts longer captions (training data), at a
+        character's boundary, where prompts are refused."""
+        rows = torch.full((len(captions), self.max_length), PAD, dtype=torch.long)
+        for r, caption in enumerate(captions):
+            data = " ".join(caption.split()).encode("utf-8")
+            if len(data) > self.max_length:
+                if not truncate:
+                    raise ValueError(
+                        f"prompt {caption!r} has {len(data)} bytes of text; the model reads "
+                        f"at most {self.max_length}: shorten it"
+                    )
+                data = data[: self.max_length].decode("utf-8", errors="ignore").encode("utf-8")
+            rows[r, : len(data)] = torch.tensor(list(data), dtype=torch.long) + 1
+        return rows
+
+    def decode(self, rows: Tensor) -> list[str]:
+        return [
+            bytes((row[row != PAD] - 1).tolist()).decode("utf-8", errors="replace") for row in rows
+        ]
+
+
+def make_tokenizer(
+    kind: str, vocab: Sequence[str] | None, max_length: int
+) -> WordTokenizer | TextTokenizer:
+    """The tokenizer a text encoder reads rows of: "words" (`WordTokenizer` over `vocab`, rows
+    of `max_length` words) or "text" (`TextTokenizer`: any text, for CLIP)."""
+    if kind == "words":
+        return WordTokenizer(vocab or [], max_length)
+    if kind == "text":
+        return TextTokenizer()
+    raise ValueError(f"unknown tokenizer {kind!r}: use words (text_encoder=tiny) or text (clip)")
