@@ -187,7 +187,7 @@ def test_augment(make_cfg, option):
 
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiment(make_cfg, option):
-    if option == "sd_finetune":
+    if option in ("sd_from_scratch", "sd15_finetune"):
         pytest.skip("needs Stable Diffusion's VAE and CLIP and captioned images: tests/latent "
                     "instantiates and runs it with randomly initialized ones")  # fmt: skip
     cfg = make_cfg(f"experiment={option}")
@@ -270,7 +270,8 @@ def test_every_option_passes_the_start_up_checks(make_cfg, override):
         "evaluator=toy": ["experiment=toy2d"], "text_encoder=tiny": ["data=captioned_digits"],
         "text_encoder=clip": ["data=captioned_digits", "text_encoder.path=/models/clip"],
         "autoencoder=kl": ["autoencoder.path=/models/sd"],
-        "experiment=sd_finetune": ["autoencoder.path=/models/sd", "text_encoder.path=/models/sd"],
+        "experiment=sd_from_scratch": ["autoencoder.path=/models/sd", "text_encoder.path=/models/sd"],
+        "experiment=sd15_finetune": ["net.path=/models/sd"],
     }  # fmt: skip
     extra = extra.get(override, [])
     assert check_values(make_cfg(override, *extra)) == []

@@ -143,8 +143,8 @@ def test_a_net_that_does_not_take_the_latents_is_refused_with_the_fix(tiny_autoe
         latent_run(tmp_path, ae, "net.sample_shape=[3,8,8]")
 
 
-def test_sd_finetune_runs_at_tiny_size_with_random_vae_and_clip(tmp_path, clip_dir):
-    """experiment=sd_finetune, shrunk: a random AutoencoderKL and CLIP saved as SD lays them out."""
+def test_sd_from_scratch_runs_at_tiny_size_with_random_vae_and_clip(tmp_path, clip_dir):
+    """experiment=sd_from_scratch, shrunk: a random AutoencoderKL and CLIP saved as SD lays them out."""
     pytest.importorskip("diffusers")
     from diffusers import AutoencoderKL
 
@@ -164,7 +164,7 @@ def test_sd_finetune_runs_at_tiny_size_with_random_vae_and_clip(tmp_path, clip_d
         Image.new("RGB", (20, 20), ("red", "blue", "green")[i % 3]).save(images / f"{i}.png")
         (images / f"{i}.txt").write_text(caption)
     cfg = compose_cfg(
-        tmp_path, "experiment=sd_finetune", f"data.dataset.root={images}", "data.image_size=16",
+        tmp_path, "experiment=sd_from_scratch", f"data.dataset.root={images}", "data.image_size=16",
         "data.batch_size=4", "data.val_batch_size=4", "data.num_workers=0",
         "data.dataset.val_fraction=0.25", f"autoencoder.path={sd}", f"text_encoder.path={sd}",
         "data.sample_shape=[4,8,8]", "net.channels=16", "net.head_channels=16", "net.norm_groups=4",

@@ -1,0 +1,32 @@
+"""difftrain-export: a trained run as a diffusers pipeline folder.
+
+    difftrain-export ckpt=<run dir>/checkpoints/last.ckpt out=DIR
+
+DIR then holds model_index.json, the EMA UNet, a scheduler config of the run's schedule and
+objective, and the VAE, text encoder and tokenizer (`runs.export`), which
+`DiffusionPipeline.from_pretrained(DIR)` loads and samples with, offline.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from difftrain.errors import ConfigError
+from difftrain.runs.export import export
+
+USAGE = "usage: difftrain-export ckpt=PATH out=DIR"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    if "ckpt" not in args or "out" not in args:
+        raise SystemExit(USAGE)
+    try:
+        out = export(args["ckpt"], args["out"])
+    except (FileNotFoundError, ValueError, ConfigError) as e:
+        raise SystemExit(f"Error: {e}") from None  # a checkpoint it cannot export: no traceback
+    print(f"wrote a diffusers pipeline: {out} (DiffusionPipeline.from_pretrained('{out}'))")
+
+
+if __name__ == "__main__":
+    main()

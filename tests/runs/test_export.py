@@ -1,0 +1,136 @@
+"""difftrain-export: a run as a diffusers pipeline folder that diffusers loads and samples from,
+drawing what difftrain-sample draws. Offline: the VAE and CLIP are tiny random models saved with
+save_pretrained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from tests.conftest import TEXT, compose_cfg, run_module  # noqa: E402
+
+PROMPTS = ["a red seven on a blue background", "an orange zebra"]  # the second: unseen words
+
+
+def tiny_vae(folder: Path) -> Path:
+    """A random AutoencoderKL with f=2: 32x32x3 images to 16x16x4 latents."""
+    torch.manual_seed(0)
+    diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4, layers_per_block=1, sample_size=32,
+    ).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd_run(tmp_path_factory, clip_dir) -> Path:
+    """A 4-step text-to-image run of a diffusers UNet2DConditionModel in a random VAE's latent
+    space, prompts read by the random tiny CLIP: Stable Diffusion's layout at tiny size."""
+    from difftrain.cli.train import train
+
+    tmp = tmp_path_factory.mktemp("sd_run")
+    cfg = compose_cfg(
+        tmp, *[o for o in TEXT if not o.startswith("net.")], "net=diffusers_unet", "~net.num_res_blocks",
+        "~net.cross_attn_resolutions",
+        "text_encoder=clip", f"text_encoder.path={clip_dir}", "autoencoder=kl",
+        f"autoencoder.path={tiny_vae(tmp / 'vae')}", "data.sample_shape=[4,16,16]",
+        "schedule=scaled_linear", "objective=eps", "noise_levels=uniform_t", "sampler=euler",
+        "sampler.steps=6", "callbacks.alignment=null",
+    )  # fmt: skip
+    cfg.paths.cache_dir = str(tmp / "cache")
+    train(cfg)
+    return tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_diffusers_loads_the_export_and_draws_what_difftrain_draws(sd_run, tmp_path):
+    from difftrain.runs.pretrained import load_trained
+    from difftrain.streams import seeded_noise
+
+    out = tmp_path / "pipeline"
+    result = run_module("difftrain.cli.export", f"ckpt={sd_run}", f"out={out}", cwd=tmp_path)
+    assert "wrote a diffusers pipeline" in result.stdout
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
+    scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (
+        scheduler["beta_schedule"] == "scaled_linear" and scheduler["prediction_type"] == "epsilon"
+    )
+
+    model = load_trained(sd_run)
+    ours, _ = model.sample(2, prompts=PROMPTS, guidance=3.0, seed=0)  # (2, 32, 32, 3) uint8
+    pipeline = diffusers.DiffusionPipeline.from_pretrained(out)
+    noise = seeded_noise(0, torch.arange(2), model.shape)  # difftrain-sample's initial noise
+    theirs = pipeline(
+        PROMPTS, num_inference_steps=6, guidance_scale=3.0, latents=noise, output_type="np"
+    ).images  # (2, 32, 32, 3) in [0, 1]
+    theirs = np.round(theirs * 255).astype(int)
+    assert theirs.shape == ours.shape
+    difference = np.abs(theirs - ours.numpy().astype(int))
+    assert difference.max() <= 2, difference.max()  # uint8 levels
+    assert ours.float().std() > 5  # not a blank image that any net would match
+
+
+def test_a_run_without_stable_diffusions_layout_is_refused_with_what_it_has(
+    tiny_text_run, tmp_path
+):
+    result = run_module(
+        "difftrain.cli.export", f"ckpt={tiny_text_run / 'checkpoints' / 'last.ckpt'}",
+        f"out={tmp_path / 'p'}", cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "writes Stable Diffusion's layout" in result.stderr
+    assert "this run's net is difftrain.nets.unet.UNet" in result.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_sd15_finetune_trains_every_unet_weight_of_a_local_sd_folder_and_exports(
+    tmp_path, clip_dir
+):
+    """experiment=sd15_finetune on a tiny random SD folder (unet/, vae/, text_encoder/,
+    tokenizer/, scheduler/): the pretrained UNet is loaded, fine-tuned and exported."""
+    from PIL import Image
+
+    from difftrain.cli.train import train
+    from difftrain.runs.export import export
+    from difftrain.runs.pretrained import load_trained
+    from tests.nets.test_diffusers_unet import tiny_sd_unet
+
+    sd = tiny_sd_unet(tmp_path / "sd")
+    tiny_vae(sd / "vae")
+    for sub in ("text_encoder", "tokenizer"):
+        (sd / sub).symlink_to(clip_dir, target_is_directory=True)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, caption in enumerate(["a red square", "a blue circle", "a green square on white"] * 4):
+        Image.new("RGB", (20, 20), ("red", "blue", "green")[i % 3]).save(images / f"{i}.png")
+        (images / f"{i}.txt").write_text(caption)
+    cfg = compose_cfg(
+        tmp_path, "experiment=sd15_finetune", f"net.path={sd}", f"data.dataset.root={images}",
+        "data.image_size=16", "data.sample_shape=[4,8,8]", "data.batch_size=4",
+        "data.val_batch_size=4", "data.num_workers=0", "data.dataset.val_fraction=0.25",
+        "optimizer.lr=1e-3", "trainer=cpu", "trainer.max_steps=2", "trainer.val_check_interval=2",
+        "sampler.steps=2", "logger=none", "~callbacks.progress_bar",
+        "callbacks.sample_grid.num_samples=2",
+    )  # fmt: skip
+    cfg.paths.cache_dir = str(tmp_path / "cache")
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tuned = load_trained(ckpt).diffusion.denoiser.net.model
+    base = diffusers.UNet2DConditionModel.from_pretrained(sd / "unet")
+    changed = [n for n, p in base.named_parameters() if not torch.equal(p, tuned.get_parameter(n))]
+    assert len(changed) == len(list(base.parameters()))  # a full fine-tune: every weight moved
+    pipeline = diffusers.DiffusionPipeline.from_pretrained(export(ckpt, tmp_path / "out"))
+    assert pipeline("a red square", num_inference_steps=2, output_type="np").images.shape == (
+        1,
+        16,
+        16,
+        3,
+    )
