@@ -45,6 +45,28 @@ def test_groups_mirror_the_issue_list():
     assert expected <= groups
 
 
+@pytest.mark.parametrize("option", options("lora"))
+def test_lora(make_cfg, option):
+    """A LoRA option adapts a diffusers net: its adapters alone train."""
+    pytest.importorskip("peft")
+    cfg = make_cfg(f"lora={option}", "net=diffusers_unet", "text_encoder=tiny",
+                   "data=captioned_digits")  # fmt: skip
+    net = instantiate(cfg.net)
+    instantiate(cfg.model.lora).apply(net)
+    trains = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trains and all(".lora_" in n for n in trains)
+    with pytest.raises(ValueError, match="model.lora adapts a diffusers net"):
+        instantiate(cfg.model.lora).apply(instantiate(make_cfg("net=unet_tiny").net))
+
+
+@pytest.mark.parametrize("option", options("prior"))
+def test_prior(make_cfg, option):
+    cfg = make_cfg(f"prior={option}", "model.prior_preservation.class_prompt='a digit'",
+                   "data=captioned_digits")  # fmt: skip
+    prior = instantiate(cfg.model.prior_preservation)
+    assert prior.images.shape[1:] == tuple(cfg.data.sample_shape)
+
+
 @pytest.mark.parametrize("option", options("data"))
 def test_data(make_cfg, option):
     cfg = make_cfg(f"data={option}")
@@ -187,7 +209,7 @@ def test_augment(make_cfg, option):
 
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiment(make_cfg, option):
-    if option in ("sd_from_scratch", "sd15_finetune"):
+    if option in ("sd_from_scratch", "sd15_finetune", "sd15_lora"):
         pytest.skip("needs Stable Diffusion's VAE and CLIP and captioned images: tests/latent "
                     "instantiates and runs it with randomly initialized ones")  # fmt: skip
     cfg = make_cfg(f"experiment={option}")
@@ -272,6 +294,8 @@ def test_every_option_passes_the_start_up_checks(make_cfg, override):
         "autoencoder=kl": ["autoencoder.path=/models/sd"],
         "experiment=sd_from_scratch": ["autoencoder.path=/models/sd", "text_encoder.path=/models/sd"],
         "experiment=sd15_finetune": ["net.path=/models/sd"],
+        "experiment=sd15_lora": ["net.path=/models/sd"],
+        "prior=dreambooth": ["model.prior_preservation.class_prompt=a", "data=captioned_digits"],
     }  # fmt: skip
     extra = extra.get(override, [])
     assert check_values(make_cfg(override, *extra)) == []

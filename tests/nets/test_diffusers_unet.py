@@ -26,7 +26,7 @@ from difftrain.nets.diffusers import DiffusersUNet  # noqa: E402
 from difftrain.nets.protocol import Net  # noqa: E402
 
 SD = {"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-      "beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "epsilon"}  # fmt: skip
+      "beta_end": 0.012, "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1}  # fmt: skip
 
 
 def tiny_sd_unet(folder: Path, scheduler: dict = SD) -> Path:

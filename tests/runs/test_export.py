@@ -134,3 +134,134 @@ def test_sd15_finetune_trains_every_unet_weight_of_a_local_sd_folder_and_exports
         16,
         3,
     )
+
+
+def tiny_sd_pipeline(folder: Path, clip_dir: Path) -> Path:
+    """A tiny random Stable Diffusion pipeline folder, as a downloaded one is laid out
+    (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from tests.nets.test_diffusers_unet import SD, tiny_sd_unet
+
+    tiny_sd_unet(folder / "parts")
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir)
+    tokenizer.model_max_length = 40  # the tiny CLIP's positions
+    diffusers.StableDiffusionPipeline(
+        vae=diffusers.AutoencoderKL.from_pretrained(tiny_vae(folder / "parts" / "vae")),
+        text_encoder=CLIPTextModel.from_pretrained(clip_dir), tokenizer=tokenizer,
+        unet=diffusers.UNet2DConditionModel.from_pretrained(folder / "parts" / "unet"),
+        scheduler=diffusers.PNDMScheduler.from_config(SD), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder / "sd")  # fmt: skip
+    return folder / "sd"
+
+
+def captioned_images(folder: Path) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i, caption in enumerate(["a red square", "a blue circle", "a green square on white"] * 4):
+        Image.new("RGB", (20, 20), ("red", "blue", "green")[i % 3]).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(caption)
+    return folder
+
+
+def lora_run(sd: Path, images: Path) -> list[str]:
+    """experiment=sd15_lora at tiny size on a tiny SD folder."""
+    return [
+        "experiment=sd15_lora", f"net.path={sd}", f"data.dataset.root={captioned_images(images)}",
+        "data.image_size=16", "data.sample_shape=[4,8,8]", "data.batch_size=4",
+        "data.val_batch_size=4", "data.num_workers=0", "data.dataset.val_fraction=0.25",
+        "optimizer.lr=3e-2", "ema=warmup", "trainer=cpu", "trainer.val_check_interval=2",
+        "sampler.steps=4", "logger=none", "~callbacks.progress_bar",
+        "callbacks.sample_grid.num_samples=2", "model.lora.dropout=0.1",
+    ]  # fmt: skip
+
+
+def test_a_lora_run_keeps_its_adapters_alone_and_diffusers_loads_them(tmp_path, clip_dir):
+    """experiment=sd15_lora on a tiny random SD pipeline folder: only the adapters train and are
+    checkpointed; exported in diffusers' LoRA format, load_lora_weights draws what difftrain
+    draws, and other base weights under the adapters are refused."""
+    from difftrain.cli.train import train
+    from difftrain.diffusion.scheduler_config import scheduler_config
+    from difftrain.errors import ConfigError
+    from difftrain.runs.export import export
+    from difftrain.runs.pretrained import load_checkpoint, load_trained
+    from difftrain.streams import seeded_noise
+
+    sd = tiny_sd_pipeline(tmp_path, clip_dir)
+    cfg = compose_cfg(tmp_path, *lora_run(sd, tmp_path / "images"), "trainer.max_steps=4",
+                      "callbacks=phema", "callbacks.posthoc_ema.snapshot_every=2")  # fmt: skip
+    cfg.paths.cache_dir = str(tmp_path / "cache")
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    weights = [
+        k for k in load_checkpoint(ckpt)["state_dict"] if k.startswith(("denoiser.", "ema.module."))
+    ]
+    assert weights and all(".lora_" in k for k in weights)  # the adapters and their EMA alone
+
+    from difftrain.cli.phema import phema
+
+    snapshot = torch.load(sorted((tmp_path / "run" / "phema").glob("*.pt"))[-1])
+    assert all(".lora_" in k for k in snapshot["profiles"][0])  # post-hoc EMA: of the adapters
+    assert load_trained(phema(tmp_path / "run", [0.1])[0]).global_step == 4
+
+    out = export(ckpt, tmp_path / "lora")
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
+    model = load_trained(ckpt)
+    prompts, noise = ["a red square", "a blue zebra"], seeded_noise(0, torch.arange(2), (4, 8, 8))
+    ours, _ = model.generate(2, prompts=prompts, guidance=2.0, seed=0)
+    ours = ((ours + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    pipeline = diffusers.DiffusionPipeline.from_pretrained(sd)
+    schedule = {**cfg.schedule, "base_resolution": None}
+    pipeline.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        scheduler_config(schedule, "eps")
+    )
+
+    def draw(output_type: str = "np"):
+        return pipeline(prompts, num_inference_steps=4, guidance_scale=2.0, latents=noise,
+                        output_type=output_type).images  # fmt: skip
+
+    base = draw("latent")
+    pipeline.load_lora_weights(out)
+    assert np.abs(draw() - ours).max() < 2e-3
+    assert (draw("latent") - base).abs().max() > 0.1  # the adapters matter
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(sd / "unet")
+    with torch.no_grad():
+        unet.conv_in.weight.add_(0.1)
+    unet.save_pretrained(sd / "unet")
+    with pytest.raises(ConfigError, match="LoRA adapters trained on other pretrained weights"):
+        load_trained(ckpt)
+
+
+def test_a_resumed_lora_run_with_prior_preservation_ends_with_the_same_adapters(tmp_path, clip_dir):
+    """Stopped at step 2 of 4 (adapter dropout on, DreamBooth's class images mixed in), resumed
+    from its adapters-only checkpoint, which carries the class images."""
+    from difftrain.cli.train import train
+
+    sd = tiny_sd_pipeline(tmp_path, clip_dir)
+
+    def last(name: str, *overrides: str) -> dict:
+        cfg = compose_cfg(tmp_path / name, *lora_run(sd, tmp_path / name / "images"), *overrides)
+        cfg.paths.cache_dir = str(tmp_path / "cache")
+        train(cfg)
+        ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+    prior = ["prior=dreambooth", "model.prior_preservation.class_prompt='a square'",
+             "model.prior_preservation.num_images=4"]  # fmt: skip
+    straight = last("straight", "trainer.max_steps=4", *prior)
+    last("first", "trainer.max_steps=2", *prior)
+    first = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    state = last("resumed", "trainer.max_steps=4", f"ckpt_path={first}", *prior)
+    assert state.keys() == straight.keys()
+    assert all(torch.equal(state[k], straight[k]) for k in state)
+
+    # The class images: the base model's (the adapters start at zero), drawn before step 1.
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg(tmp_path / "base", *lora_run(sd, tmp_path / "base" / "images"), *prior)
+    base, _ = instantiate(cfg.model).diffusion.generate(4, prompts=["a square"], guidance=3.0)
+    torch.testing.assert_close(state["prior.images"], base, rtol=1e-4, atol=1e-4)
+    assert bool(state["prior.drawn"])

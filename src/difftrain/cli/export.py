@@ -4,7 +4,8 @@
 
 DIR then holds model_index.json, the EMA UNet, a scheduler config of the run's schedule and
 objective, and the VAE, text encoder and tokenizer (`runs.export`), which
-`DiffusionPipeline.from_pretrained(DIR)` loads and samples with, offline.
+`DiffusionPipeline.from_pretrained(DIR)` loads and samples with, offline; for a LoRA run, the EMA
+adapters in diffusers' format, which `pipeline.load_lora_weights(DIR)` loads.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ def main(argv: list[str] | None = None) -> None:
         out = export(args["ckpt"], args["out"])
     except (FileNotFoundError, ValueError, ConfigError) as e:
         raise SystemExit(f"Error: {e}") from None  # a checkpoint it cannot export: no traceback
-    print(f"wrote a diffusers pipeline: {out} (DiffusionPipeline.from_pretrained('{out}'))")
+    if (out / "model_index.json").is_file():
+        print(f"wrote a diffusers pipeline: {out} (DiffusionPipeline.from_pretrained('{out}'))")
+    else:
+        print(f"wrote LoRA adapters: {out} (pipeline.load_lora_weights('{out}'))")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ StableDiffusionPipeline of the EMA UNet, the VAE, CLIP and its tokenizer, and an
 EulerDiscreteScheduler whose config says the run's schedule and objective
 (`diffusion.scheduler_config`). With the same initial noise, steps and guidance it draws what
 difftrain-sample draws with sampler=euler.
+
+A LoRA run (model.lora) is written as its EMA adapters alone, in diffusers' LoRA format
+(pytorch_lora_weights.safetensors, with peft's config), which `pipeline.load_lora_weights(DIR)`
+puts onto the pipeline of the pretrained model (net.path).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     model = load_trained(ckpt)
+    if model.config.model.get("lora") is not None:
+        return export_lora(model, out)
     unet, text_encoder, vae = components(model)
     cfg, objective = model.config, model.diffusion.denoiser.objective.name
     spacing = OmegaConf.select(cfg, "sampler.spacing", default="karras")
@@ -69,3 +75,21 @@ def components(model: TrainedModel):
     if not isinstance(vae, DiffusersAutoencoder):
         raise ConfigError(f"{LAYOUT}; this run's autoencoder is {type(vae).__name__}")
     return net.model, net.text_encoder, vae.vae
+
+
+def export_lora(model: TrainedModel, out: str | Path) -> Path:
+    """A LoRA run's EMA adapters in diffusers' LoRA format, under `out`."""
+    from diffusers import StableDiffusionPipeline
+
+    from difftrain.nets.lora import adapter_metadata, diffusers_layers
+
+    net = model.diffusion.denoiser.net
+    if not getattr(net, "conditional", False):
+        raise ConfigError(
+            "diffusers loads LoRA adapters into its text-to-image pipelines: a UNet2DConditionModel"
+        )
+    StableDiffusionPipeline.save_lora_weights(
+        out, unet_lora_layers=diffusers_layers(net.model),
+        unet_lora_adapter_metadata=adapter_metadata(net.model), safe_serialization=True,
+    )  # fmt: skip
+    return Path(out)

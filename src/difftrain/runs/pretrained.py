@@ -17,6 +17,7 @@ from difftrain.diffusion.denoiser import Denoiser, Ensemble
 from difftrain.diffusion.generate import Diffusion
 from difftrain.diffusion.samplers import Sampler
 from difftrain.errors import ConfigError
+from difftrain.nets.lora import restore_frozen
 
 EMA_PREFIX = "ema.module."
 
@@ -89,10 +90,18 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     """Rebuild the EMA denoiser of a checkpoint from the config saved inside it."""
     ckpt = load_checkpoint(path)
     cfg = upgraded(OmegaConf.create(ckpt["hyper_parameters"]["config"]))
-    denoiser = Denoiser(instantiate(cfg.net), instantiate(cfg.objective))
+    net = instantiate(cfg.net)
+    if cfg.model.get("lora") is not None:  # adapters on the pretrained weights of net.path
+        instantiate(cfg.model.lora).apply(net)
+    denoiser = Denoiser(net, instantiate(cfg.objective))
     state = {
         k[len(EMA_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(EMA_PREFIX)
     }
+    if "pretrained" in ckpt:  # a LoRA run's: the adapters alone
+        try:
+            restore_frozen(state, denoiser, ckpt["pretrained"], [""], str(path))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     denoiser.load_state_dict(state)
     denoiser.to(device).eval().requires_grad_(False)
     decoder = None

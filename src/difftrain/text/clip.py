@@ -107,7 +107,7 @@ class ClipTextEncoder(nn.Module):
 
     def precompute(self, rows: Tensor, batch_size: int = 256) -> None:
         """Read every distinct row of `rows` (and the empty caption) once, or load them from the
-        cache, into the lookup table."""
+        cache, into the lookup table (beside the rows tabled before)."""
         empty = torch.full((1, rows.shape[1]), PAD, dtype=rows.dtype)
         rows = torch.unique(torch.cat([rows.cpu(), empty]), dim=0)
         if self.cache_dir is None:
@@ -122,6 +122,14 @@ class ClipTextEncoder(nn.Module):
                     save_atomically({"states": states, "mask": mask}, file)
                     log.info("read %d captions with CLIP -> %s", len(rows), file)
         keys = self.key(rows)
+        if "keys" in self.table:  # rows tabled before stay (a class prompt joins the captions)
+            old = {k: v.cpu() for k, v in self.table.items() if k != "hash"}
+            new = ~torch.isin(keys, old["keys"])
+            keys = torch.cat([old["keys"], keys[new]])
+            states, mask = (
+                torch.cat([old["states"], states[new]]),
+                torch.cat([old["mask"], mask[new]]),
+            )
         if len(keys.unique()) != len(keys):
             raise RuntimeError("two captions share a hash: cannot table them")
         order = keys.argsort()

@@ -21,6 +21,7 @@ from difftrain.diffusion.loss import DenoisingLoss
 from difftrain.diffusion.objectives import Objective, check_compatible
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
+from difftrain.nets.lora import LoRA, adapters_only, fingerprint, frozen_names, restore_frozen
 from difftrain.nets.protocol import Net, check_served
 from difftrain.nets.temporal import inflate
 from difftrain.runtime import shared_seed
@@ -37,10 +38,12 @@ from difftrain.training.optim import (
     resume_with,
     skip_update,
 )
+from difftrain.training.prior import PriorPreservation
 from difftrain.training.report import StepReport, logs_this_step
 from difftrain.training.validation import FixedValidation
 
 log = logging.getLogger(__name__)
+PREFIXES = ("denoiser.", "ema.module.")  # the trained denoiser's and its EMA's state_dict keys
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
@@ -68,6 +71,13 @@ class DiffusionModule(L.LightningModule):
     in its spatial layers (`nets.temporal.inflate`): at first it is the image net frame by frame.
     With `freeze_init` those weights stay as loaded and only the new (temporal) layers train, as
     AnimateDiff trains its motion module (Guo et al. 2024).
+
+    With `lora` (a diffusers net), low-rank adapters are added to the net and alone train; the
+    EMA and the checkpoints then hold the adapters alone (`nets.lora`), which a resume or
+    `load_trained` puts back onto the pretrained weights net.path loads.
+
+    With `prior_preservation` (DreamBooth), the base model draws images of a class prompt when
+    fitting starts, and every step mixes as many of them into the batch, their loss weighted.
 
     With `boundary_sigma` the denoiser is a consistency model's f, `objective`'s preconditioning
     with the boundary condition f(x, boundary_sigma) = x (`diffusion.consistency`; distill=ect);
@@ -107,6 +117,8 @@ class DiffusionModule(L.LightningModule):
         freeze_init: bool = False,
         given_modes: Sequence[str] = GivenFrames.MODES,
         boundary_sigma: float | None = None,
+        lora: LoRA | None = None,
+        prior_preservation: PriorPreservation | None = None,
     ):
         super().__init__()
         check_compatible(schedule, objective)
@@ -131,6 +143,8 @@ class DiffusionModule(L.LightningModule):
                     param.requires_grad_(False)
             if isinstance(loss, ConsistencyDistillationLoss):  # the frozen teacher, as loaded
                 loss.set_teacher(Denoiser(copy.deepcopy(net), teacher_objective))
+        if lora is not None:  # before the EMA copies the net: only the adapters train
+            lora.apply(net)
         self.conditioning = conditioning or conditioning_for(
             net, label_dropout, clusters, given_modes
         )
@@ -142,6 +156,8 @@ class DiffusionModule(L.LightningModule):
             )
         self.denoiser = Denoiser(net, objective)
         self.ema = EMA(self.denoiser, ema_decay)
+        # A LoRA run's checkpoints keep the adapters alone: the rest is net.path's, as loaded.
+        self.frozen = frozen_names(self.denoiser) if lora is not None else set()
         if compile:  # the trained net only, in place (the same weights and state_dict keys)
             mode = None if compile is True else compile
             self.denoiser.net.compile(mode=mode, dynamic=False)
@@ -155,6 +171,7 @@ class DiffusionModule(L.LightningModule):
         # EMA carries its weights; it follows the module's device when sampling.
         self.__dict__["autoencoder"] = autoencoder
         self.clusters = clusters  # a submodule: the checkpoint carries the fitted clusters
+        self.prior = prior_preservation  # a submodule: the checkpoint carries its class images
         self._report: StepReport | None = None
 
     @property
@@ -177,6 +194,8 @@ class DiffusionModule(L.LightningModule):
         if (teacher := getattr(self.loss, "teacher", None)) is not None:  # distill=cd's
             denoisers.append(teacher.to(self.device))
         self.conditioning.setup(self.trainer.datamodule, denoisers)
+        if self.prior is not None:  # DreamBooth: the base model's class images, drawn once
+            self.prior.setup(Diffusion(self.ema.module, self.schedule, self.sampler), denoisers)
 
     def schedule_step(self) -> int:
         """The step that step-based schedules read: the global step, or under a time budget
@@ -199,11 +218,16 @@ class DiffusionModule(L.LightningModule):
         generator = self.step_generator()
         share = Share(self.global_rank, self.trainer.world_size)
         cond = self.conditioning(x0, labels, generator, share)
+        weights = None
+        if self.prior is not None:  # DreamBooth: as many class images, their loss weighted
+            x0, cond, weights = self.prior.mix(x0, cond, generator, share)
         if self.augment is not None:  # non-leaking: the net is told how each image was augmented
             x0, cond["augment_labels"] = self.augment(x0, generator, share)
         self.loss.set_step(self.schedule_step())
         gather = (lambda t: self.all_gather(t).flatten(0, 1)) if share.world > 1 else None
         losses, sigma = self.loss(self.denoiser, self.schedule, x0, cond, generator, share, gather)
+        if weights is not None:
+            losses = losses * weights
         loss = losses.mean()
         mean = self.trainer.strategy.reduce(loss.detach(), reduce_op="mean")  # every process's
         images, logs = len(x0) * share.world, logs_this_step(self.trainer)
@@ -231,7 +255,10 @@ class DiffusionModule(L.LightningModule):
         else:  # the decay at the schedule step, once per schedule step this update stands for
             count, rate = self.clock.at(self.trainer)
             self.ema.update(self.denoiser, skip=bad, count=max(count, 1.0), per_update=rate)
-        report.parameters = {n: p.detach() for n, p in self.denoiser.named_parameters()}
+        report.parameters = {  # post-hoc EMA, health: of a LoRA run, the adapters
+            n: p.detach() for n, p in self.denoiser.named_parameters()
+            if p.requires_grad or not self.frozen
+        }  # fmt: skip
         if report.logs:
             self.log("train/nonfinite_steps", self.nonfinite_steps.float())
 
@@ -274,9 +301,22 @@ class DiffusionModule(L.LightningModule):
         """Fail, saying why, when the net cannot train on samples of this shape (a curriculum's)."""
         self.denoiser.net.check_shape(shape)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A LoRA run's checkpoint keeps its adapters (and their EMA) alone, and a checksum of
+        the pretrained weights under them."""
+        if self.frozen:
+            checkpoint["state_dict"] = adapters_only(
+                checkpoint["state_dict"], self.frozen, PREFIXES
+            )
+            checkpoint["pretrained"] = fingerprint(self.denoiser, self.frozen)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Resumed with other optimizer or LR-schedule settings than the checkpoint was trained
-        with (`ckpt_path=... optimizer.lr=...`): they take effect from the resumed step on."""
+        with (`ckpt_path=... optimizer.lr=...`): they take effect from the resumed step on. A
+        LoRA run's adapters go back onto the pretrained weights net.path loaded."""
+        if "pretrained" in checkpoint:
+            restore_frozen(checkpoint["state_dict"], self.denoiser, checkpoint["pretrained"],
+                           PREFIXES, "the checkpoint")  # fmt: skip
         config = self.hparams.get("config") or {}
         if changes := resume_with(config, checkpoint, self.configure_optimizers):
             log.info("the optimizer resumes with the config's settings: %s", ", ".join(changes))
