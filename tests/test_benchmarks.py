@@ -61,3 +61,12 @@ def test_video_memory_gives_each_clip_length_with_and_without_checkpointing():
     rows = [line.split() for line in out.splitlines()[2:]]
     assert [(r[0], r[1]) for r in rows] == [("2", "off"), ("2", "on"), ("4", "off"), ("4", "on")]
     assert all(float(r[4]) > 0 for r in rows), out
+
+
+def test_pretrained_memory_gives_each_memory_option():
+    pytest.importorskip("diffusers")
+    out = run_benchmark("pretrained_memory.py", "--batch-size", "2", "--image-size", "16",
+                        "--width", "16", "--settings", "bf16 + checkpointing")  # fmt: skip
+    rows = {line[:36].strip(): line[36:].split() for line in out.splitlines()[2:]}
+    assert list(rows) == ["fp32", "bf16 + checkpointing"], out
+    assert rows["fp32"][1] == "1.00" and float(rows["bf16 + checkpointing"][0]) > 0, out

@@ -140,10 +140,23 @@ def test_sampler(make_cfg, option):
 
 @pytest.mark.parametrize("option", options("optimizer"))
 def test_optimizer(make_cfg, option):
+    if option == "adam8bit":
+        pytest.importorskip("bitsandbytes", reason="optimizer=adam8bit needs bitsandbytes")
     cfg = make_cfg(f"optimizer={option}")
     assert isinstance(
         instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(3))]), torch.optim.Optimizer
     )
+
+
+def test_adam8bit_without_bitsandbytes_names_the_fix(make_cfg):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("bitsandbytes is installed here")
+    with pytest.raises(Exception, match="optimizer=adam8bit needs bitsandbytes and a GPU"):
+        instantiate(make_cfg("optimizer=adam8bit").optimizer)([torch.nn.Parameter(torch.zeros(3))])
 
 
 @pytest.mark.parametrize("option", options("lr_scheduler"))

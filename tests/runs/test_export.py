@@ -101,7 +101,7 @@ def test_sd15_finetune_trains_every_unet_weight_of_a_local_sd_folder_and_exports
     from difftrain.cli.train import train
     from difftrain.runs.export import export
     from difftrain.runs.pretrained import load_trained
-    from tests.nets.test_diffusers_unet import tiny_sd_unet
+    from tests.nets.test_diffusers import tiny_sd_unet
 
     sd = tiny_sd_unet(tmp_path / "sd")
     tiny_vae(sd / "vae")
@@ -141,7 +141,7 @@ def tiny_sd_pipeline(folder: Path, clip_dir: Path) -> Path:
     (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from tests.nets.test_diffusers_unet import SD, tiny_sd_unet
+    from tests.nets.test_diffusers import SD, tiny_sd_unet
 
     tiny_sd_unet(folder / "parts")
     tokenizer = CLIPTokenizer.from_pretrained(clip_dir)

@@ -1,6 +1,7 @@
-"""`DiffusersUNet`: diffusers' UNet2DModel or UNet2DConditionModel as a difftrain net
-(`nets.protocol.Net`), pretrained from a local folder or built from a config to train from
-scratch, so that every sampler, guidance, EMA, evaluation and callback drives it unchanged.
+"""diffusers' models as difftrain nets (`nets.protocol.Net`), pretrained from a local folder or
+built from a config to train from scratch, so that every sampler, guidance, EMA, evaluation and
+callback drives them unchanged: `DiffusersUNet` (UNet2DModel, UNet2DConditionModel) and
+`DiffusersTransformer` (DiTTransformer2DModel, PixArtTransformer2DModel).
 """
 
 from __future__ import annotations
@@ -22,46 +23,32 @@ from difftrain.nets.protocol import Cond
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("UNet2DModel", "UNet2DConditionModel")
-# Small nets for 32x32 images (a few hundred thousand weights), to train from scratch; `config`
-# overrides any of these, in diffusers' names.
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "UNet2DModel": {
-        "block_out_channels": [32, 64, 64],
-        "layers_per_block": 1,
-        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-        "norm_num_groups": 8,
-        "attention_head_dim": 8,
-    },
-    "UNet2DConditionModel": {
-        "block_out_channels": [32, 64, 64],
-        "layers_per_block": 1,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "norm_num_groups": 8,
-        "attention_head_dim": 8,
-    },
-}
 
+class DiffusersNet(nn.Module):
+    """A diffusers model F(x, c_noise, **cond) for samples (C, H, W); subclasses say which
+    classes they take (`CLASSES`, the first reads no text, the second prompts), their small
+    from-scratch configs (`DEFAULTS`) and how to call them (`call`).
 
-class DiffusersUNet(nn.Module):
-    """A diffusers UNet F(x, c_noise, **cond) for samples (C, H, W).
-
-    - **Weights**: `path` (and `subfolder`, e.g. unet in a Stable Diffusion folder) loads a
-      pretrained model as `save_pretrained` wrote it; without, `model_class` is built from
-      `DEFAULTS` updated by `config`. UNet2DConditionModel reads prompts (a `text_encoder`, whose
-      states it cross-attends to, all of them, as Stable Diffusion's pipelines pass them);
-      `num_classes` > 0 adds a class embedding with the null class `num_classes`.
-    - **Timesteps**: the net is fed the timestep its training used for the noise level sigma =
+    - **Weights**: `path` (and `subfolder`, e.g. unet or transformer in a pipeline folder) loads
+      a pretrained model as `save_pretrained` wrote it; without, `model_class` is built from
+      `DEFAULTS` updated by `config` (diffusers' argument names). A text-reading class reads the
+      `text_encoder`'s states; `num_classes` > 0 adds class labels with the null class
+      `num_classes`.
+    - **Timesteps**: the model is fed the timestep its training used for the noise level sigma =
       exp(4 c_noise): for a DDPM-family `schedule` the fractional index into its T levels,
       interpolated in log sigma (diffusers' `_sigma_to_t`, k-diffusion's `sigma_to_t`); for a
       continuous one (EDM) c_noise itself, as diffusers' EDM schedulers feed it.
-    - **Schedule and objective**: a pretrained net's `scheduler_config.json` (`scheduler`, or the
-      scheduler folder beside the net's) says what it was trained with; a run whose `schedule` or
-      `objective` contradicts it is refused, with the mismatch and the overrides that fix it.
+    - **Schedule and objective**: a pretrained model's `scheduler_config.json` (`scheduler`, or
+      the scheduler folder beside the model's) says what it was trained with; a run whose
+      `schedule` or `objective` contradicts it is refused, with the mismatch and the overrides
+      that fix it.
+    - A model that also predicts its variance (DiT's learned sigma: twice the channels out)
+      gives its prediction half, as diffusers' pipelines take it.
     """
 
+    CLASSES: tuple[str, str]
+    DEFAULTS: dict[str, dict[str, Any]]
+    option = "net=diffusers_unet"
     augment_dim = 0
 
     def __init__(
@@ -80,13 +67,13 @@ class DiffusersUNet(nn.Module):
     ):
         super().__init__()
         if len(sample_shape) != 3:
-            raise ValueError(f"net=diffusers_unet takes images (C, H, W), not {list(sample_shape)}")
+            raise ValueError(f"{self.option} takes images (C, H, W), not {list(sample_shape)}")
         self._sample_shape = tuple(int(s) for s in sample_shape)
         self.num_classes, self.text_encoder = num_classes, text_encoder
         self.tokenizer = getattr(text_encoder, "tokenizer", None)
         if path:
-            self.model = _load(path, subfolder)
-            _check_pretrained(self.model, self._sample_shape, num_classes, text_encoder)
+            self.model = self._load(path, subfolder)
+            self.check_pretrained()
             if (trained := _scheduler_config(path, subfolder, scheduler)) is not None:
                 check_trained_with(trained[0], schedule, objective, trained[1])
             else:
@@ -96,22 +83,17 @@ class DiffusersUNet(nn.Module):
                     path,
                 )
         else:
-            self.model = _build(
-                model_class, config or {}, self._sample_shape, num_classes, text_encoder
-            )
+            self.model = self._build(model_class, config or {})
         if checkpoint_activations:
             self.model.enable_gradient_checkpointing()
-        self.conditional = type(self.model).__name__ == "UNet2DConditionModel"
-        if self.conditional and text_encoder is None:
-            raise ValueError(
-                "a UNet2DConditionModel cross-attends to prompts: set text_encoder=clip (or tiny) "
-                "and captioned data, or use UNet2DModel (net.model_class=UNet2DModel)"
-            )
-        if not self.conditional and text_encoder is not None:
-            raise ValueError(
-                "a UNet2DModel reads no prompts: use net.model_class=UNet2DConditionModel with a "
-                "text encoder"
-            )
+        self.conditional = type(self.model).__name__ == self.CLASSES[1]
+        if self.conditional != (text_encoder is not None):
+            need = "reads prompts: set text_encoder=clip (or tiny) and captioned data"
+            if not self.conditional:
+                need = (
+                    f"reads no prompts: use net.model_class={self.CLASSES[1]} with a text encoder"
+                )
+            raise ValueError(f"a {type(self.model).__name__} {need}")
         levels = -0.5 * schedule.log_snrs if isinstance(schedule, DiscreteSchedule) else None
         self.register_buffer("log_sigmas", levels, persistent=False)  # (T,) increasing
 
@@ -123,15 +105,15 @@ class DiffusersUNet(nn.Module):
         return null_class(cond, self.num_classes)
 
     def check_shape(self, shape: Sequence[int]) -> None:
-        shape, factor = tuple(shape), 2 ** (len(self.model.config.block_out_channels) - 1)
+        shape, factor = tuple(shape), self.size_factor()
         if len(shape) != 3 or shape[0] != self._sample_shape[0] or shape[-1] % factor:
             raise ValueError(
-                f"this diffusers UNet takes ({self._sample_shape[0]}, H, W) with H and W divisible "
-                f"by {factor}, not {list(shape)}"
+                f"this {type(self.model).__name__} takes ({self._sample_shape[0]}, H, W) with H "
+                f"and W divisible by {factor}, not {list(shape)}"
             )
 
     def timestep(self, c_noise: Tensor) -> Tensor:
-        """The net's timestep for c_noise = log(sigma) / 4 (B,)."""
+        """The model's timestep for c_noise = log(sigma) / 4 (B,)."""
         if self.log_sigmas is None:
             return c_noise
         table = self.log_sigmas
@@ -150,94 +132,206 @@ class DiffusersUNet(nn.Module):
         text_tokens: Tensor | None = None,
     ) -> Tensor:
         t = self.timestep(c_noise.expand(x.shape[0]))
-        kwargs: dict[str, Tensor] = {}
-        if self.num_classes:
-            if class_labels is None:  # the null class
-                class_labels = torch.full((len(x),), self.num_classes, device=x.device)
-            kwargs["class_labels"] = class_labels
+        if class_labels is None:  # the null class
+            class_labels = torch.full((len(x),), self.num_classes, device=x.device)
+        text = None
         if self.conditional:
             if text_tokens is None:  # the empty caption
                 text_tokens = torch.zeros(
                     (len(x), self.tokenizer.max_length), dtype=torch.long, device=x.device
                 )
-            states, _ = self.text_encoder(text_tokens)  # (B, L, D), every position
-            kwargs["encoder_hidden_states"] = states.to(x.dtype)
+            states, mask = self.text_encoder(text_tokens)  # (B, L, D), (B, L)
+            text = (states.to(x.dtype), mask)
+        out = self.call(x, t, class_labels, text)
+        return out[:, : x.shape[1]]  # learned variance (2C channels): the prediction's half
+
+    # What a subclass says about its models.
+
+    def call(
+        self, x: Tensor, t: Tensor, labels: Tensor, text: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def size_factor(self) -> int:
+        raise NotImplementedError
+
+    def from_scratch(self, name: str) -> dict[str, Any]:
+        """The arguments that the samples and the conditioning fix, for a new `name` model."""
+        raise NotImplementedError
+
+    def check_pretrained(self) -> None:
+        """Fail, naming the setting, where the pretrained model cannot take this run's samples
+        or conditioning."""
+        config, shape = self.model.config, self._sample_shape
+        if config.in_channels != shape[0]:
+            raise ValueError(
+                f"the pretrained {type(self.model).__name__} takes {config.in_channels} channels, "
+                f"the data {shape[0]}: set data.sample_shape=[{config.in_channels},{shape[1]},"
+                f"{shape[2]}] (its latents)"
+            )
+
+    # Loading and building.
+
+    def _load(self, path: str, subfolder: str | None) -> nn.Module:
+        """The pretrained model under path (/subfolder), of the class its config.json names."""
+        folder = Path(path, subfolder or "")
+        try:
+            name = json.loads((folder / "config.json").read_text())["_class_name"]
+        except (OSError, ValueError, KeyError) as e:
+            raise FileNotFoundError(
+                f"net.path: no diffusers model config at {folder / 'config.json'} ({e}). Fix: "
+                "net.path=<a folder as save_pretrained writes it> (net.subfolder=unet or "
+                "transformer in a pipeline folder)"
+            ) from e
+        if name not in self.CLASSES:
+            raise ValueError(
+                f"{self.option} loads {' or '.join(self.CLASSES)}, not {name} ({folder})"
+            )
+        kwargs = {"subfolder": subfolder} if subfolder else {}
+        return getattr(_diffusers(self.option), name).from_pretrained(path, **kwargs)
+
+    def _build(self, model_class: str | None, config: Mapping[str, Any]) -> nn.Module:
+        """A randomly initialised `model_class` (default: the text-reading class with a text
+        encoder, else the other) of DEFAULTS, the samples' sizes and `config`."""
+        name = model_class or self.CLASSES[self.text_encoder is not None]
+        if name not in self.CLASSES:
+            raise ValueError(f"net.model_class={name}: use one of {', '.join(self.CLASSES)}")
+        kwargs = {**self.DEFAULTS[name], **self.from_scratch(name), **dict(config)}
+        return getattr(_diffusers(self.option), name)(**kwargs)
+
+
+class DiffusersUNet(DiffusersNet):
+    """diffusers' UNet2DModel or UNet2DConditionModel (Stable Diffusion's UNet), which
+    cross-attends to the text encoder's states at every position, as Stable Diffusion's
+    pipelines pass them."""
+
+    CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+    # Small nets for 32x32 images, to train from scratch.
+    DEFAULTS = {
+        "UNet2DModel": {
+            "block_out_channels": [32, 64, 64],
+            "layers_per_block": 1,
+            "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+            "norm_num_groups": 8,
+            "attention_head_dim": 8,
+        },
+        "UNet2DConditionModel": {
+            "block_out_channels": [32, 64, 64],
+            "layers_per_block": 1,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "norm_num_groups": 8,
+            "attention_head_dim": 8,
+        },
+    }
+
+    def call(self, x, t, labels, text):
+        kwargs = {"class_labels": labels} if self.num_classes else {}
+        if text is not None:
+            kwargs["encoder_hidden_states"] = text[0]  # every position, unmasked (SD)
         return self.model(x, t, **kwargs, return_dict=False)[0]
 
+    def size_factor(self) -> int:
+        return 2 ** (len(self.model.config.block_out_channels) - 1)
 
-def _diffusers():
+    def from_scratch(self, name):
+        c, size = self._sample_shape[0], self._sample_shape[-1]
+        kwargs: dict[str, Any] = {"sample_size": size, "in_channels": c, "out_channels": c}
+        if self.num_classes:
+            kwargs["num_class_embeds"] = self.num_classes + 1  # and the null class
+        if name == "UNet2DConditionModel" and self.text_encoder is not None:
+            kwargs["cross_attention_dim"] = self.text_encoder.dim
+        return kwargs
+
+    def check_pretrained(self) -> None:
+        super().check_pretrained()
+        config = self.model.config
+        classes = config.get("num_class_embeds") or 0
+        if self.num_classes and classes != self.num_classes + 1:
+            raise ValueError(
+                f"the pretrained UNet has {classes} class embeddings, so net.num_classes="
+                f"{self.num_classes} (plus the null class) does not fit: set "
+                f"net.num_classes={max(classes - 1, 0)}"
+            )
+        dim = config.get("cross_attention_dim")
+        if self.text_encoder is not None and dim is not None and dim != self.text_encoder.dim:
+            raise ValueError(
+                f"the pretrained UNet cross-attends to states of width {dim}, the text encoder "
+                f"gives {self.text_encoder.dim}: use the text encoder it was trained with "
+                "(text_encoder.path)"
+            )
+
+
+class DiffusersTransformer(DiffusersNet):
+    """diffusers' DiTTransformer2DModel (Peebles & Xie 2023: class labels through adaLN-Zero;
+    unconditional with net.num_classes=0, where every label is the null class) or
+    PixArtTransformer2DModel (Chen et al. 2024: prompts through cross-attention, with the text
+    encoder's padding mask, as PixArt reads T5)."""
+
+    CLASSES = ("DiTTransformer2DModel", "PixArtTransformer2DModel")
+    option = "net=diffusers_transformer"
+    # Small transformers for 32x32 images (2x2 patches), to train from scratch.
+    DEFAULTS = {
+        "DiTTransformer2DModel": {"num_attention_heads": 4, "attention_head_dim": 16,
+                                  "num_layers": 4, "patch_size": 2},
+        "PixArtTransformer2DModel": {"num_attention_heads": 4, "attention_head_dim": 16,
+                                     "num_layers": 4, "patch_size": 2, "cross_attention_dim": 64,
+                                     "use_additional_conditions": False},
+    }  # fmt: skip
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        for module in self.model.modules():  # label dropout is the conditioning's, seeded
+            if type(module).__name__ == "LabelEmbedding":
+                module.dropout_prob = 0.0
+
+    def call(self, x, t, labels, text):
+        if text is None:  # DiT: the class, or for an unconditional run its null class
+            if not self.num_classes:
+                labels = torch.full_like(labels, self.model.config.num_embeds_ada_norm)
+            return self.model(x, timestep=t, class_labels=labels, return_dict=False)[0]
+        states, mask = text
+        extra = {"resolution": None, "aspect_ratio": None}
+        return self.model(x, encoder_hidden_states=states, timestep=t, added_cond_kwargs=extra,
+                          encoder_attention_mask=mask.to(x.dtype), return_dict=False)[0]  # fmt: skip
+
+    def size_factor(self) -> int:
+        return self.model.config.patch_size
+
+    def from_scratch(self, name):
+        c, size = self._sample_shape[0], self._sample_shape[-1]
+        kwargs: dict[str, Any] = {"sample_size": size, "in_channels": c, "out_channels": c}
+        if name == "DiTTransformer2DModel":
+            kwargs["num_embeds_ada_norm"] = max(self.num_classes, 1)  # and the null class
+        elif self.text_encoder is not None:
+            kwargs["caption_channels"] = self.text_encoder.dim
+        return kwargs
+
+    def check_pretrained(self) -> None:
+        super().check_pretrained()
+        config = self.model.config
+        if type(self.model).__name__ == "DiTTransformer2DModel":
+            classes = config.num_embeds_ada_norm
+            if self.num_classes not in (0, classes):
+                raise ValueError(
+                    f"the pretrained DiT has {classes} classes: set net.num_classes={classes}, "
+                    "or 0 (unconditional: every label its null class)"
+                )
+        elif self.text_encoder is not None and config.caption_channels != self.text_encoder.dim:
+            raise ValueError(
+                f"the pretrained PixArt reads text states of width {config.caption_channels}, the "
+                f"text encoder gives {self.text_encoder.dim}: use the text encoder it was trained "
+                "with (T5 for PixArt)"
+            )
+
+
+def _diffusers(option: str):
     try:
         import diffusers
     except ImportError as e:
-        raise ImportError(
-            "net=diffusers_unet needs diffusers: pip install -e '.[pretrained]'"
-        ) from e
+        raise ImportError(f"{option} needs diffusers: pip install -e '.[pretrained]'") from e
     return diffusers
-
-
-def _load(path: str, subfolder: str | None) -> nn.Module:
-    """The pretrained UNet under path (/subfolder), of the class its config.json names."""
-    folder = Path(path, subfolder or "")
-    try:
-        name = json.loads((folder / "config.json").read_text())["_class_name"]
-    except (OSError, ValueError, KeyError) as e:
-        raise FileNotFoundError(
-            f"net.path: no diffusers model config at {folder / 'config.json'} ({e}). Fix: "
-            "net.path=<a folder as save_pretrained writes it> (net.subfolder=unet in a Stable "
-            "Diffusion folder)"
-        ) from e
-    if name not in CLASSES:
-        raise ValueError(f"net=diffusers_unet loads {' or '.join(CLASSES)}, not {name} ({folder})")
-    return getattr(_diffusers(), name).from_pretrained(
-        path, **({"subfolder": subfolder} if subfolder else {})
-    )
-
-
-def _build(
-    model_class: str | None, config: Mapping[str, Any], shape: tuple[int, ...], num_classes: int,
-    text_encoder: nn.Module | None,
-) -> nn.Module:  # fmt: skip
-    """A randomly initialised model_class (default: UNet2DConditionModel with a text encoder,
-    else UNet2DModel) of DEFAULTS and `config`, for samples `shape` and the conditioning."""
-    name = model_class or CLASSES[text_encoder is not None]
-    if name not in CLASSES:
-        raise ValueError(f"net.model_class={name}: use one of {', '.join(CLASSES)}")
-    kwargs = {
-        **DEFAULTS[name],
-        "sample_size": shape[-1],
-        "in_channels": shape[0],
-        "out_channels": shape[0],
-    }
-    if num_classes:
-        kwargs["num_class_embeds"] = num_classes + 1  # and the null class
-    if text_encoder is not None and name == "UNet2DConditionModel":
-        kwargs["cross_attention_dim"] = text_encoder.dim
-    return getattr(_diffusers(), name)(**{**kwargs, **dict(config)})
-
-
-def _check_pretrained(
-    model: nn.Module, shape: tuple[int, ...], num_classes: int, text_encoder: nn.Module | None
-) -> None:
-    """Fail, naming the setting, where the pretrained model cannot take this run's samples or
-    conditioning."""
-    config = model.config
-    if config.in_channels != shape[0] or config.out_channels != shape[0]:
-        raise ValueError(
-            f"the pretrained UNet takes {config.in_channels} channels, the data {shape[0]}: set "
-            f"data.sample_shape=[{config.in_channels},{shape[1]},{shape[2]}] (its latents)"
-        )
-    classes = config.get("num_class_embeds") or 0
-    if num_classes and classes != num_classes + 1:
-        raise ValueError(
-            f"the pretrained UNet has {classes} class embeddings, so net.num_classes={num_classes} "
-            f"(plus the null class) does not fit: set net.num_classes={max(classes - 1, 0)}"
-        )
-    dim = config.get("cross_attention_dim")
-    if text_encoder is not None and dim is not None and dim != text_encoder.dim:
-        raise ValueError(
-            f"the pretrained UNet cross-attends to states of width {dim}, the text encoder gives "
-            f"{text_encoder.dim}: use the text encoder it was trained with (text_encoder.path)"
-        )
 
 
 def _scheduler_config(

@@ -41,6 +41,23 @@ def warmup_inverse_sqrt(optimizer: Optimizer, warmup_steps: int, ref_steps: int)
     return LambdaLR(optimizer, factor)
 
 
+def adam8bit(
+    params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> Optimizer:  # fmt: skip
+    """bitsandbytes' 8-bit Adam (Dettmers et al. 2022): the moments in 8 bits, a quarter of
+    Adam's optimizer memory (optimizer=adam8bit)."""
+    try:
+        import bitsandbytes
+    except ImportError as e:
+        raise ImportError(
+            "optimizer=adam8bit needs bitsandbytes and a GPU: pip install bitsandbytes, or use "
+            "optimizer=adam"
+        ) from e
+    return bitsandbytes.optim.Adam8bit(params, lr=lr, betas=tuple(betas), eps=eps,
+                                       weight_decay=weight_decay)  # fmt: skip
+
+
 def parameter_groups(model: nn.Module) -> list[dict]:
     """Two groups: weights that decay, and norms, biases and embeddings that do not (weight_decay 0)."""
     decay, no_decay = [], []

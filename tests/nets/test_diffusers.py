@@ -1,7 +1,7 @@
-"""net=diffusers_unet: diffusers' UNets behind difftrain's Net protocol, pretrained or from scratch,
-and their scheduler configs mapped onto difftrain's schedule and objective. Nothing is downloaded:
-the pretrained nets are tiny random ones saved with save_pretrained, as Stable Diffusion lays
-them out."""
+"""net=diffusers_unet and net=diffusers_transformer: diffusers' UNets and transformers behind
+difftrain's Net protocol, pretrained or from scratch, and their scheduler configs mapped onto
+difftrain's schedule and objective. Nothing is downloaded: the pretrained nets are tiny random
+ones saved with save_pretrained, as Stable Diffusion lays them out."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from difftrain.diffusion.schedules import (  # noqa: E402
     LinearSchedule,
     ScaledLinearSchedule,
 )
-from difftrain.nets.diffusers import DiffusersUNet  # noqa: E402
+from difftrain.nets.diffusers import DiffusersTransformer, DiffusersUNet  # noqa: E402
 from difftrain.nets.protocol import Net  # noqa: E402
 
 SD = {"_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
@@ -105,7 +105,9 @@ def test_a_net_built_from_scratch_is_a_difftrain_net_with_classes_and_text():
     y = text(torch.randn(2, 4, 8, 8), torch.zeros(2), text_tokens=tokens)
     empty = text(torch.randn(2, 4, 8, 8), torch.zeros(2))
     assert y.shape == empty.shape == (2, 4, 8, 8)
-    with pytest.raises(ValueError, match="cross-attends to prompts: set text_encoder=clip"):
+    with pytest.raises(
+        ValueError, match="UNet2DConditionModel reads prompts: set text_encoder=clip"
+    ):
         DiffusersUNet(
             [4, 8, 8], ScaledLinearSchedule(), EpsObjective(), model_class="UNet2DConditionModel"
         )
@@ -133,7 +135,9 @@ def test_a_pretrained_net_loads_its_weights_and_checks_its_schedule(tmp_path):
     with pytest.raises(ValueError, match=r"set data.sample_shape=\[4,8,8\]"):
         DiffusersUNet([3, 8, 8], ScaledLinearSchedule(), EpsObjective(), path=str(sd),
                       subfolder="unet", text_encoder=Words())  # fmt: skip
-    with pytest.raises(FileNotFoundError, match="net.subfolder=unet in a Stable Diffusion folder"):
+    with pytest.raises(
+        FileNotFoundError, match="net.subfolder=unet or transformer in a pipeline folder"
+    ):
         DiffusersUNet([4, 8, 8], ScaledLinearSchedule(), EpsObjective(), path=str(sd))
 
 
@@ -155,3 +159,62 @@ def test_scheduler_configs_map_both_ways():
         scheduler_config({**run, "_target_": "difftrain.diffusion.schedules.EDMSchedule"}, "edm")
     with pytest.raises(ValueError, match="flow-matching"):
         trained_with({"_class_name": "FlowMatchEulerDiscreteScheduler"})
+
+
+def test_a_dit_reads_classes_without_dropping_them_itself_and_unconditional_is_its_null_class():
+    net = DiffusersTransformer([3, 8, 8], EDMSchedule(), EpsObjective(), num_classes=4)
+    assert isinstance(net, Net) and type(net.model).__name__ == "DiTTransformer2DModel"
+    x, c = torch.randn(2, 3, 8, 8), torch.zeros(2)
+    net.train()  # diffusers' label dropout would draw here: difftrain's conditioning drops
+    y = net(x, c, class_labels=torch.tensor([1, 3]))
+    torch.testing.assert_close(y, net(x, c, class_labels=torch.tensor([1, 3])))
+    assert y.shape == x.shape and not torch.allclose(y, net(x, c))  # no labels: the null class
+    plain = DiffusersTransformer([3, 8, 8], EDMSchedule(), EpsObjective())
+    torch.testing.assert_close(plain(x, c), plain(x, c, class_labels=torch.tensor([0, 0])))
+    with pytest.raises(ValueError, match=r"takes \(3, H, W\) with H and W divisible by 2"):
+        net.check_shape([3, 9, 9])
+
+
+def test_a_pixart_reads_prompts_with_their_mask():
+    net = DiffusersTransformer(
+        [4, 8, 8], ScaledLinearSchedule(), EpsObjective(), text_encoder=Words()
+    )
+    assert type(net.model).__name__ == "PixArtTransformer2DModel"
+    torch.nn.init.normal_(net.model.proj_out.weight)  # zero at first: every prompt alike
+    tokens = net.tokenizer.encode(["a red seven", "an orange zebra"])
+    x = torch.randn(2, 4, 8, 8)
+    y = net(x, torch.zeros(2), text_tokens=tokens)
+    assert y.shape == x.shape and not torch.allclose(y[0], y[1])
+
+
+def test_a_pretrained_dit_gives_the_prediction_half_of_its_learned_variance(tmp_path):
+    torch.manual_seed(0)
+    diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=1,
+        sample_size=8, num_embeds_ada_norm=10,
+    ).save_pretrained(tmp_path / "dit" / "transformer")  # fmt: skip
+    (tmp_path / "dit" / "scheduler").mkdir()
+    linear = {**SD, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
+    (tmp_path / "dit" / "scheduler" / "scheduler_config.json").write_text(json.dumps(linear))
+    net = DiffusersTransformer([4, 8, 8], LinearSchedule(), EpsObjective(), num_classes=10,
+                               path=str(tmp_path / "dit"), subfolder="transformer")  # fmt: skip
+    reference = diffusers.DiTTransformer2DModel.from_pretrained(tmp_path / "dit" / "transformer")
+    x, c, y = torch.randn(2, 4, 8, 8), torch.tensor([0.1, 0.5]), torch.tensor([2, 10])
+    expected = reference(x, timestep=net.timestep(c), class_labels=y).sample[:, :4]
+    torch.testing.assert_close(net(x, c, class_labels=y), expected)
+    with pytest.raises(ValueError, match="has 10 classes: set net.num_classes=10"):
+        DiffusersTransformer([4, 8, 8], LinearSchedule(), EpsObjective(), num_classes=3,
+                             path=str(tmp_path / "dit"), subfolder="transformer")  # fmt: skip
+
+
+def test_a_class_conditional_dit_trains_and_draws_each_class(tmp_path):
+    """net=diffusers_transformer through difftrain-train: the run's classes and guidance."""
+    from difftrain.runs.pretrained import load_trained
+    from tests.conftest import _train_tiny
+
+    ckpt = _train_tiny(tmp_path, "net=diffusers_transformer", "net.num_classes=${data.num_classes}",
+                       "model.label_dropout=0.2", "callbacks.evaluate=null")  # fmt: skip
+    model = load_trained(ckpt)
+    assert type(model.diffusion.denoiser.net.model).__name__ == "DiTTransformer2DModel"
+    images, _ = model.generate(4, labels=[0, 1, 2, 3], guidance=2.0)
+    assert images.shape == (4, 1, 16, 16) and torch.isfinite(images).all()
