@@ -78,16 +78,35 @@ def test_diffusers_loads_the_export_and_draws_what_difftrain_draws(sd_run, tmp_p
     assert ours.float().std() > 5  # not a blank image that any net would match
 
 
-def test_a_run_without_stable_diffusions_layout_is_refused_with_what_it_has(
+def test_difftrains_own_nets_export_as_a_pipeline_that_draws_what_difftrain_draws(
     tiny_text_run, tmp_path
 ):
-    result = run_module(
-        "difftrain.cli.export", f"ckpt={tiny_text_run / 'checkpoints' / 'last.ckpt'}",
-        f"out={tmp_path / 'p'}", cwd=tmp_path, check=False,
-    )  # fmt: skip
+    """A text-to-image run of difftrain's UNet and tiny text encoder, as a DifftrainPipeline."""
+    from difftrain.runs.pipeline import DifftrainPipeline
+    from difftrain.runs.pretrained import load_trained
+
+    ckpt = tiny_text_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "pipeline"
+    result = run_module("difftrain.cli.export", f"ckpt={ckpt}", f"out={out}", cwd=tmp_path)
+    assert "wrote a diffusers pipeline" in result.stdout
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DifftrainPipeline"
+    pipeline = DifftrainPipeline.from_pretrained(out)
+    prompts = ["a red seven on a blue background", "a small green two"]
+    theirs = pipeline(2, prompts=prompts, guidance=2.0, seed=3, output_type="pt")
+    ours, _ = load_trained(ckpt).generate(2, prompts=prompts, guidance=2.0, seed=3)
+    assert torch.equal(theirs, ours)
+    assert pipeline(1, prompts=prompts[:1]).shape == (1, 32, 32, 3)
+
+
+def test_a_run_of_no_exportable_shape_is_refused_with_what_it_has(tmp_path):
+    from tests.conftest import _train_tiny
+
+    ckpt = _train_tiny(tmp_path, "net=diffusers_transformer", "callbacks.evaluate=null")
+    result = run_module("difftrain.cli.export", f"ckpt={ckpt}", f"out={tmp_path / 'p'}",
+                        cwd=tmp_path, check=False)  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "writes Stable Diffusion's layout" in result.stderr
-    assert "this run's net is difftrain.nets.unet.UNet" in result.stderr
+    assert "this run's net is difftrain.nets.diffusers.DiffusersTransformer" in result.stderr
     assert not (tmp_path / "p").exists()
 
 

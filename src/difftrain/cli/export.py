@@ -4,7 +4,8 @@
 
 DIR then holds model_index.json, the EMA UNet, a scheduler config of the run's schedule and
 objective, and the VAE, text encoder and tokenizer (`runs.export`), which
-`DiffusionPipeline.from_pretrained(DIR)` loads and samples with, offline; for a LoRA run, the EMA
+`DiffusionPipeline.from_pretrained(DIR)` loads and samples with, offline; for difftrain's own
+nets, a `DifftrainPipeline` (`DifftrainPipeline.from_pretrained(DIR)`); for a LoRA run, the EMA
 adapters in diffusers' format, which `pipeline.load_lora_weights(DIR)` loads.
 """
 

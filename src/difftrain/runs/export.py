@@ -7,6 +7,10 @@ EulerDiscreteScheduler whose config says the run's schedule and objective
 (`diffusion.scheduler_config`). With the same initial noise, steps and guidance it draws what
 difftrain-sample draws with sampler=euler.
 
+A run of difftrain's own nets (UNet, DiT, MLP) in pixel space is written as a custom pipeline,
+`runs.pipeline.DifftrainPipeline` (why: see there), which `DifftrainPipeline.from_pretrained(DIR)`
+loads and which samples with the run's own sampler, drawing what difftrain-sample draws.
+
 A LoRA run (model.lora) is written as its EMA adapters alone, in diffusers' LoRA format
 (pytorch_lora_weights.safetensors, with peft's config), which `pipeline.load_lora_weights(DIR)`
 puts onto the pipeline of the pretrained model (net.path).
@@ -19,8 +23,10 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from difftrain.data.media import Images
 from difftrain.diffusion.scheduler_config import scheduler_config
 from difftrain.errors import ConfigError
+from difftrain.nets.diffusers import DiffusersNet
 from difftrain.runs.pretrained import TrainedModel, load_trained
 
 LAYOUT = (
@@ -36,6 +42,8 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     model = load_trained(ckpt)
     if model.config.model.get("lora") is not None:
         return export_lora(model, out)
+    if not isinstance(model.diffusion.denoiser.net, DiffusersNet):
+        return export_custom(model, out)
     unet, text_encoder, vae = components(model)
     cfg, objective = model.config, model.diffusion.denoiser.objective.name
     spacing = OmegaConf.select(cfg, "sampler.spacing", default="karras")
@@ -92,4 +100,24 @@ def export_lora(model: TrainedModel, out: str | Path) -> Path:
         out, unet_lora_layers=diffusers_layers(net.model),
         unet_lora_adapter_metadata=adapter_metadata(net.model), safe_serialization=True,
     )  # fmt: skip
+    return Path(out)
+
+
+def export_custom(model: TrainedModel, out: str | Path) -> Path:
+    """A run of difftrain's own nets on images as a `DifftrainPipeline` folder under `out`."""
+    from difftrain.runs.pipeline import DifftrainNet, DifftrainPipeline
+
+    cfg = model.config
+    if cfg.get("autoencoder") is not None or type(model.media) is not Images:
+        raise ConfigError(
+            "difftrain-export writes difftrain's own nets for images in pixel space; this run "
+            + ("trains in an autoencoder's latent space" if cfg.get("autoencoder") is not None
+               else f"draws {type(model.media).__name__.lower()}")
+        )  # fmt: skip
+    run = {key: OmegaConf.to_container(cfg[key], resolve=True)
+           for key in ("net", "objective", "schedule", "sampler")}  # fmt: skip
+    run["data"] = {"value_range": list(cfg.data.value_range)}
+    net = DifftrainNet(run)
+    net.denoiser.load_state_dict(model.diffusion.denoiser.state_dict())
+    DifftrainPipeline(net).save_pretrained(out)
     return Path(out)
