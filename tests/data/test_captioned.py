@@ -9,6 +9,7 @@ from difftrain.data.captioned import (
     ATTRIBUTES,
     BACKGROUNDS,
     CHOICES,
+    COLOURS,
     FOREGROUNDS,
     Attributes,
     caption_vocab,
@@ -80,3 +81,20 @@ def test_without_mnist_under_root_the_glyphs_are_scikit_learns_digits(tmp_path, 
     images, labels = load_glyphs("train", str(tmp_path / "no_mnist_here"))
     assert images.shape[1:] == (1, 16, 16) and len(images) == len(labels) > 1000
     assert "the glyphs are scikit-learn's digits" in caplog.text
+
+
+def test_a_palette_draws_other_colours_and_the_default_is_unchanged(splits):
+    """data.dataset.foregrounds: orange (a new concept) alone, or seven colours; None draws the
+    six exactly as before."""
+    again = captioned_digits("train", held_out=HELD_OUT, max_glyphs=400, foregrounds=None)
+    assert torch.equal(again.images, splits["train"].images)
+    orange = captioned_digits("train", max_glyphs=50, copies=1, foregrounds=["orange"])
+    assert len(orange) == 50 and all(" orange " in c for c in orange.captions)
+    assert orange.schema.choices["foreground"] == ("orange",)
+    fg = torch.tensor(COLOURS["orange"]).float()
+    strokes = orange.images[0].reshape(3, -1).T.float()
+    assert (strokes - fg).abs().sum(1).min() < 10  # the strokes reach orange
+    seven = captioned_digits("val", max_glyphs=200, foregrounds=[*FOREGROUNDS, "orange"])
+    assert set(seven.attributes[:, 1].tolist()) == set(range(7))
+    with pytest.raises(ValueError, match=r"unknown colours \['teal'\]"):
+        captioned_digits("train", max_glyphs=5, foregrounds=["teal"])

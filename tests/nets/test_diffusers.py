@@ -218,3 +218,16 @@ def test_a_class_conditional_dit_trains_and_draws_each_class(tmp_path):
     assert type(model.diffusion.denoiser.net.model).__name__ == "DiTTransformer2DModel"
     images, _ = model.generate(4, labels=[0, 1, 2, 3], guidance=2.0)
     assert images.shape == (4, 1, 16, 16) and torch.isfinite(images).all()
+
+
+def test_a_net_built_from_a_hydra_config_saves_as_diffusers_writes_it(tmp_path):
+    """+net.config.* arrive as OmegaConf containers; the model's config.json takes plain ones."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"block_out_channels": [16, 32],
+                               "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+                               "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]})  # fmt: skip
+    net = DiffusersUNet([3, 8, 8], EDMSchedule(), EpsObjective(), config=config)
+    net.model.save_pretrained(tmp_path / "unet")
+    saved = json.loads((tmp_path / "unet" / "config.json").read_text())
+    assert saved["block_out_channels"] == [16, 32] and saved["sample_size"] == 8

@@ -185,6 +185,10 @@ def captioned_images(folder: Path) -> Path:
     return folder
 
 
+PRIOR = ["prior=dreambooth", "model.prior_preservation.class_prompt='a square'",
+         "model.prior_preservation.num_images=4"]  # fmt: skip
+
+
 def lora_run(sd: Path, images: Path) -> list[str]:
     """experiment=sd15_lora at tiny size on a tiny SD folder."""
     return [
@@ -210,14 +214,22 @@ def test_a_lora_run_keeps_its_adapters_alone_and_diffusers_loads_them(tmp_path, 
 
     sd = tiny_sd_pipeline(tmp_path, clip_dir)
     cfg = compose_cfg(tmp_path, *lora_run(sd, tmp_path / "images"), "trainer.max_steps=4",
-                      "callbacks=phema", "callbacks.posthoc_ema.snapshot_every=2")  # fmt: skip
+                      "callbacks=phema", "callbacks.posthoc_ema.snapshot_every=2", *PRIOR)  # fmt: skip
     cfg.paths.cache_dir = str(tmp_path / "cache")
     train(cfg)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    weights = [
-        k for k in load_checkpoint(ckpt)["state_dict"] if k.startswith(("denoiser.", "ema.module."))
-    ]
+    state = load_checkpoint(ckpt)["state_dict"]
+    weights = [k for k in state if k.startswith(("denoiser.", "ema.module."))]
     assert weights and all(".lora_" in k for k in weights)  # the adapters and their EMA alone
+
+    # DreamBooth's class images: the base model's (the adapters start at zero), drawn before
+    # step 1, carried by the checkpoint.
+    from hydra.utils import instantiate
+
+    base_cfg = compose_cfg(tmp_path / "base", *lora_run(sd, tmp_path / "base" / "images"), *PRIOR)
+    base, _ = instantiate(base_cfg.model).diffusion.generate(4, prompts=["a square"], guidance=3.0)
+    torch.testing.assert_close(state["prior.images"], base, rtol=1e-4, atol=1e-4)
+    assert bool(state["prior.drawn"])
 
     from difftrain.cli.phema import phema
 
@@ -254,6 +266,7 @@ def test_a_lora_run_keeps_its_adapters_alone_and_diffusers_loads_them(tmp_path, 
         load_trained(ckpt)
 
 
+@pytest.mark.slow
 def test_a_resumed_lora_run_with_prior_preservation_ends_with_the_same_adapters(tmp_path, clip_dir):
     """Stopped at step 2 of 4 (adapter dropout on, DreamBooth's class images mixed in), resumed
     from its adapters-only checkpoint, which carries the class images."""
@@ -268,19 +281,9 @@ def test_a_resumed_lora_run_with_prior_preservation_ends_with_the_same_adapters(
         ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
-    prior = ["prior=dreambooth", "model.prior_preservation.class_prompt='a square'",
-             "model.prior_preservation.num_images=4"]  # fmt: skip
-    straight = last("straight", "trainer.max_steps=4", *prior)
-    last("first", "trainer.max_steps=2", *prior)
+    straight = last("straight", "trainer.max_steps=4", *PRIOR)
+    last("first", "trainer.max_steps=2", *PRIOR)
     first = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
-    state = last("resumed", "trainer.max_steps=4", f"ckpt_path={first}", *prior)
+    state = last("resumed", "trainer.max_steps=4", f"ckpt_path={first}", *PRIOR)
     assert state.keys() == straight.keys()
     assert all(torch.equal(state[k], straight[k]) for k in state)
-
-    # The class images: the base model's (the adapters start at zero), drawn before step 1.
-    from hydra.utils import instantiate
-
-    cfg = compose_cfg(tmp_path / "base", *lora_run(sd, tmp_path / "base" / "images"), *prior)
-    base, _ = instantiate(cfg.model).diffusion.generate(4, prompts=["a square"], guidance=3.0)
-    torch.testing.assert_close(state["prior.images"], base, rtol=1e-4, atol=1e-4)
-    assert bool(state["prior.drawn"])

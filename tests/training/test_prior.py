@@ -28,3 +28,13 @@ def test_a_batch_gets_as_many_class_images_with_the_class_prompt_and_its_weight(
         prior.mix(x0, {"class_labels": torch.zeros(3)}, None)
     with pytest.raises(ValueError, match="num_images >= 1 and weight >= 0"):
         PriorPreservation([1, 4, 4], "a digit", num_images=0)
+
+
+def test_class_prompts_may_be_several_each_image_with_its_own():
+    prior = PriorPreservation([1, 2, 2], ["a red two", "a blue six"], num_images=4)
+    prior.images.copy_(torch.arange(4.0)[:, None, None, None].expand(4, 1, 2, 2))
+    prior.rows = torch.tensor([[5], [6]])  # prompt i % 2 drew image i
+    x0, cond = torch.zeros(8, 1, 2, 2), {"text_tokens": torch.zeros(8, 1, dtype=torch.long)}
+    mixed, cond, _ = prior.mix(x0, cond, torch.Generator().manual_seed(1))
+    image = mixed[8:, 0, 0, 0].long()
+    assert cond["text_tokens"][8:, 0].tolist() == (5 + image % 2).tolist()

@@ -39,6 +39,7 @@ FOREGROUNDS = {
     "red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40),
     "white": (245, 245, 245), "magenta": (220, 50, 220),
 }  # fmt: skip
+COLOURS = {**FOREGROUNDS, "orange": (250, 140, 20)}  # what a palette may name (foregrounds=)
 BACKGROUNDS = {
     "black": (10, 10, 10), "dark blue": (20, 30, 110), "dark green": (20, 80, 30),
     "gray": (120, 120, 120),
@@ -134,6 +135,19 @@ class Attributes:
         return DIGIT_CAPTIONS.caption([getattr(self, a) for a in ATTRIBUTES])
 
 
+def digit_captions(foregrounds: Sequence[str] | None = None) -> CaptionSchema:
+    """captioned_digits' captions with the foreground colours `foregrounds` (names in COLOURS,
+    e.g. a palette with orange, or orange alone); None: the six of FOREGROUNDS."""
+    if not foregrounds:
+        return DIGIT_CAPTIONS
+    if unknown := [c for c in foregrounds if c not in COLOURS]:
+        raise ValueError(
+            f"data.dataset.foregrounds: unknown colours {unknown}; use some of {list(COLOURS)}"
+        )
+    choices = {**CHOICES, "foreground": tuple(foregrounds)}
+    return CaptionSchema(choices, DIGIT_CAPTIONS.template, DIGIT_CAPTIONS.featured)
+
+
 def caption_vocab() -> list[str]:
     """Every word a captioned_digits caption can have: the tiny text encoder's vocabulary."""
     return DIGIT_CAPTIONS.vocab()
@@ -149,10 +163,14 @@ def is_held_out(attributes: Tensor, combos: list[dict[str, int]]) -> Tensor:
     return DIGIT_CAPTIONS.is_held_out(attributes, combos)
 
 
-def render(glyphs: Tensor, attributes: Tensor) -> Tensor:
-    """uint8 RGB images (N, 3, 32, 32) of grey glyphs (N, 1, h, w) with attributes (N, 5)."""
+def render(
+    glyphs: Tensor, attributes: Tensor, foregrounds: Sequence[str] = tuple(FOREGROUNDS)
+) -> Tensor:
+    """uint8 RGB images (N, 3, 32, 32) of grey glyphs (N, 1, h, w) with attributes (N, 5), the
+    foreground an index into `foregrounds`."""
     n = len(glyphs)
-    fg = torch.tensor(list(FOREGROUNDS.values()), dtype=torch.float32)[attributes[:, 1]]
+    palette = [COLOURS[c] for c in foregrounds]
+    fg = torch.tensor(palette, dtype=torch.float32)[attributes[:, 1]]
     bg = torch.tensor(list(BACKGROUNDS.values()), dtype=torch.float32)[attributes[:, 2]]
     alpha = torch.zeros(n, 1, CANVAS, CANVAS)
     for s, side in enumerate(SIZES.values()):
@@ -221,9 +239,11 @@ def captioned_digits(
     tokenizer: str = "words",
     seed: int = 0,
     max_glyphs: int | None = None,
+    foregrounds: Sequence[str] | None = None,
 ) -> CaptionedImages:
     """`copies` images per glyph of the split, each with attributes drawn at random (seeded by
-    split), none of them a `held_out` combination in "train" (all of them are kept in "val")."""
+    split), none of them a `held_out` combination in "train" (all of them are kept in "val").
+    `foregrounds` names the colours digits are drawn in (`digit_captions`; default the six)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
     glyphs, labels = load_glyphs(split, root)
@@ -232,15 +252,19 @@ def captioned_digits(
     generator = torch.Generator().manual_seed(seed * 2 + SPLITS.index(split))
     glyphs, digit = glyphs.repeat(copies, 1, 1, 1), labels.repeat(copies)
     n = len(glyphs)
-    draws = [torch.randint(len(CHOICES[a]), (n,), generator=generator) for a in ATTRIBUTES[1:]]
+    schema = digit_captions(foregrounds)
+    draws = [
+        torch.randint(len(schema.choices[a]), (n,), generator=generator) for a in ATTRIBUTES[1:]
+    ]
     attributes = torch.stack([digit, *draws], dim=1)
-    combos = parse_held_out(list(held_out))
+    combos = schema.parse_held_out(list(held_out))
     if split == "train" and combos:
-        keep = ~is_held_out(attributes, combos)
+        keep = ~schema.is_held_out(attributes, combos)
         glyphs, attributes = glyphs[keep], attributes[keep]
-    captions = [Attributes(*row).caption() for row in attributes.tolist()]
-    tokens = make_tokenizer(tokenizer, vocab or caption_vocab(), max_length).encode(captions)
-    return CaptionedImages(render(glyphs, attributes), tokens, captions, attributes, combos)
+    captions = schema.captions(attributes)
+    tokens = make_tokenizer(tokenizer, vocab or schema.vocab(), max_length).encode(captions)
+    images = render(glyphs, attributes, schema.choices["foreground"])
+    return CaptionedImages(images, tokens, captions, attributes, combos, schema)
 
 
 def _caption_file(image: Path) -> Path:

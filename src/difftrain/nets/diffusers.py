@@ -196,7 +196,7 @@ class DiffusersNet(nn.Module):
         name = model_class or self.CLASSES[self.text_encoder is not None]
         if name not in self.CLASSES:
             raise ValueError(f"net.model_class={name}: use one of {', '.join(self.CLASSES)}")
-        kwargs = {**self.DEFAULTS[name], **self.from_scratch(name), **dict(config)}
+        kwargs = {**self.DEFAULTS[name], **self.from_scratch(name), **_plain(config)}
         return getattr(_diffusers(self.option), name)(**kwargs)
 
 
@@ -219,8 +219,9 @@ class DiffusersUNet(DiffusersNet):
         "UNet2DConditionModel": {
             "block_out_channels": [32, 64, 64],
             "layers_per_block": 1,
-            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            # attention at 16x16 and 8x8, as captioned_digits' UNet (32x32 would cost 1024^2)
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
             "norm_num_groups": 8,
             "attention_head_dim": 8,
         },
@@ -324,6 +325,16 @@ class DiffusersTransformer(DiffusersNet):
                 f"text encoder gives {self.text_encoder.dim}: use the text encoder it was trained "
                 "with (T5 for PixArt)"
             )
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists of a config's (OmegaConf's) mappings and sequences: what diffusers
+    writes to its config.json."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _diffusers(option: str):

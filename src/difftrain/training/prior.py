@@ -17,16 +17,16 @@ log = logging.getLogger(__name__)
 
 class PriorPreservation(nn.Module):
     """Before training, the base model draws `num_images` samples of `class_prompt` (e.g. "a
-    digit"); every training step then mixes as many of them as the batch holds into it, with the
-    class prompt, their loss weighted by `weight`. Fine-tuning on a few images of a new concept
-    ("an orange seven") thus keeps what the model drew for the class.
+    digit"; or a list of prompts, cycled); every training step then mixes as many of them as the
+    batch holds into it, each with its prompt, their loss weighted by `weight`. Fine-tuning on a
+    few images of a new concept ("an orange seven") thus keeps what the model drew for the class.
 
     The samples (in the model's space: latents for a latent model) are a buffer, so checkpoints
     carry them and a resumed run mixes in the same ones.
     """
 
     def __init__(
-        self, sample_shape: Sequence[int], class_prompt: str, num_images: int = 100,
+        self, sample_shape: Sequence[int], class_prompt: str | Sequence[str], num_images: int = 100,
         weight: float = 1.0, guidance: float = 3.0, seed: int = 0,
     ):  # fmt: skip
         super().__init__()
@@ -35,12 +35,8 @@ class PriorPreservation(nn.Module):
                 f"model.prior_preservation: num_images={num_images}, weight={weight}: need "
                 "num_images >= 1 and weight >= 0"
             )
-        self.class_prompt, self.weight, self.guidance, self.seed = (
-            class_prompt,
-            weight,
-            guidance,
-            seed,
-        )
+        prompts = [class_prompt] if isinstance(class_prompt, str) else list(class_prompt)
+        self.prompts, self.weight, self.guidance, self.seed = prompts, weight, guidance, seed
         self.register_buffer("images", torch.zeros(num_images, *sample_shape))
         self.register_buffer("drawn", torch.tensor(False))
         self.register_buffer("rows", torch.zeros(0, dtype=torch.long), persistent=False)
@@ -55,24 +51,24 @@ class PriorPreservation(nn.Module):
                 "model.prior_preservation mixes in images of a class prompt: it needs a net that "
                 "reads prompts (a text encoder)"
             )
-        self.rows = tokenizer.encode([self.class_prompt]).to(self.images.device)  # (1, L)
+        self.rows = tokenizer.encode(self.prompts).to(self.images.device)  # (P, L)
         encoder = getattr(denoisers[0].net, "text_encoder", None)
         if hasattr(encoder, "precompute"):  # frozen CLIP: its table gets the class prompt too
             encoder.precompute(self.rows)
         if bool(self.drawn):
             return
-        images, _ = diffusion.generate(
-            len(self.images), prompts=[self.class_prompt], guidance=self.guidance, seed=self.seed
+        images, _ = diffusion.generate(  # image i of prompt i % P
+            len(self.images), prompts=self.prompts, guidance=self.guidance, seed=self.seed
         )
         self.images.copy_(images)
         self.drawn.fill_(True)
-        log.info("prior preservation: the base model drew %d images of %r",
-                 len(images), self.class_prompt)  # fmt: skip
+        log.info("prior preservation: the base model drew %d images of %d prompt(s), e.g. %r",
+                 len(images), len(self.prompts), self.prompts[0])  # fmt: skip
 
     def mix(
         self, x0: Tensor, cond: Cond, generator: torch.Generator | None, share: Share = WHOLE
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-        """The batch x0 (B, ...) followed by B class images, their conditioning, and each
+        """The batch x0 (B, ...) followed by B class images with their prompts, and each
         example's loss weight (2B,): 1, then `weight`."""
         if set(cond) != {"text_tokens"}:
             raise ValueError(
@@ -81,7 +77,8 @@ class PriorPreservation(nn.Module):
         n = len(x0)
         draw = torch.randint(len(self.images), (n * share.world,), generator=generator,
                              device=x0.device)  # fmt: skip
-        images = self.images[share.of(draw)].to(x0.dtype)
-        tokens = torch.cat([cond["text_tokens"], self.rows.expand(n, -1)])
+        pick = share.of(draw)
+        images = self.images[pick].to(x0.dtype)
+        tokens = torch.cat([cond["text_tokens"], self.rows[pick % len(self.rows)]])
         weights = torch.cat([x0.new_ones(n), x0.new_full((n,), self.weight)])
         return torch.cat([x0, images]), {"text_tokens": tokens}, weights
