@@ -115,8 +115,6 @@ def test_sd15_finetune_trains_every_unet_weight_of_a_local_sd_folder_and_exports
 ):
     """experiment=sd15_finetune on a tiny random SD folder (unet/, vae/, text_encoder/,
     tokenizer/, scheduler/): the pretrained UNet is loaded, fine-tuned and exported."""
-    from PIL import Image
-
     from difftrain.cli.train import train
     from difftrain.runs.export import export
     from difftrain.runs.pretrained import load_trained
@@ -126,11 +124,7 @@ def test_sd15_finetune_trains_every_unet_weight_of_a_local_sd_folder_and_exports
     tiny_vae(sd / "vae")
     for sub in ("text_encoder", "tokenizer"):
         (sd / sub).symlink_to(clip_dir, target_is_directory=True)
-    images = tmp_path / "images"
-    images.mkdir()
-    for i, caption in enumerate(["a red square", "a blue circle", "a green square on white"] * 4):
-        Image.new("RGB", (20, 20), ("red", "blue", "green")[i % 3]).save(images / f"{i}.png")
-        (images / f"{i}.txt").write_text(caption)
+    images = captioned_images(tmp_path / "images")
     cfg = compose_cfg(
         tmp_path, "experiment=sd15_finetune", f"net.path={sd}", f"data.dataset.root={images}",
         "data.image_size=16", "data.sample_shape=[4,8,8]", "data.batch_size=4",
