@@ -111,7 +111,7 @@ def bare(args: argparse.Namespace) -> dict:
     profile = Profile(args)
     if profile.path:
         profile.start()
-        for _ in range(PROFILE_STEPS):
+        for _ in range(args.profile_steps):
             step()
         sync()
         profile.stop()
@@ -154,7 +154,7 @@ def difftrain(args: argparse.Namespace) -> dict:
     overrides = [
         f"net={args.net}", f"data.image_size={args.image_size}", f"data.channels={args.channels}",
         f"data.batch_size={args.batch_size}", f"trainer.precision={args.precision}",
-        f"trainer.max_steps={args.warmup + args.steps + PROFILE_STEPS * bool(args.profile)}",
+        f"trainer.max_steps={args.warmup + args.steps + args.profile_steps * bool(args.profile)}",
         "trainer.val_check_interval=100000",
         "~callbacks.evaluate", f"+callbacks.wall_clock._target_={__name__}.WallClock",
         f"+callbacks.wall_clock.warmup={args.warmup}", f"+callbacks.wall_clock.steps={args.steps}",
@@ -171,7 +171,6 @@ def difftrain(args: argparse.Namespace) -> dict:
     return {"images_per_s": args.batch_size * args.steps / (clock.end - clock.start)}
 
 
-PROFILE_STEPS = 10  # profiled after the timed steps, which the profiler would slow down
 PATHS = {"bare": bare, "difftrain": difftrain, "diffusers": bare}
 NAMES = {"bare": "bare loop", "difftrain": "difftrain-train", "diffusers": "diffusers bare"}
 ARGS: argparse.Namespace  # the arguments of this process's path, for WallClock
@@ -197,6 +196,10 @@ def main() -> None:
     parser.add_argument("--diffusers", action="store_true", help="also diffusers' UNet2DModel")
     parser.add_argument("--paths", nargs="*", default=["bare", "difftrain"], choices=PATHS)
     parser.add_argument("--profile", metavar="DIR", help="write each path's profiler table here")
+    parser.add_argument(
+        "--profile-steps", type=int, default=10,
+        help="steps profiled after the timed ones (the profiler would slow those down)",
+    )  # fmt: skip
     parser.add_argument("--only", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.precision = args.precision or ("bf16-mixed" if torch.cuda.is_available() else "32-true")

@@ -48,18 +48,19 @@ def test_activation_memory_compares_both_settings():
 def test_train_overhead_times_the_bare_loop_and_the_difftrain_path(tmp_path):
     out = run_benchmark("train_overhead.py", "--net", "unet_tiny", "--batch-size", "4",
                         "--image-size", "8", "--steps", "2", "--warmup", "1",
-                        "--profile", str(tmp_path))  # fmt: skip
+                        "--profile", str(tmp_path), "--profile-steps", "2",
+                        "--overrides", "logger=none")  # fmt: skip
     rows = {line[:18].strip(): line[18:].split() for line in out.splitlines()[2:]}
     assert set(rows) == {"bare loop", "difftrain-train"}, out
     assert rows["bare loop"][1] == "100.0%" and float(rows["difftrain-train"][0]) > 0
     assert "aten::" in (tmp_path / "difftrain.txt").read_text()  # the profiled steps' op table
 
 
-def test_video_memory_gives_each_clip_length_with_and_without_checkpointing():
-    out = run_benchmark("video_memory.py", "--net", "unet3d_tiny", "--frames", "2", "4",
+def test_video_memory_gives_a_clip_length_with_and_without_checkpointing():
+    out = run_benchmark("video_memory.py", "--net", "unet3d_tiny", "--frames", "2",
                         "--batch-size", "2", "--image-size", "8")  # fmt: skip
     rows = [line.split() for line in out.splitlines()[2:]]
-    assert [(r[0], r[1]) for r in rows] == [("2", "off"), ("2", "on"), ("4", "off"), ("4", "on")]
+    assert [(r[0], r[1]) for r in rows] == [("2", "off"), ("2", "on")]
     assert all(float(r[4]) > 0 for r in rows), out
 
 

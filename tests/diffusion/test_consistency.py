@@ -15,6 +15,7 @@ from difftrain.diffusion.consistency import (
     sample_consistency,
 )
 from difftrain.diffusion.denoiser import Denoiser
+from difftrain.diffusion.noise import independent
 from difftrain.diffusion.objectives import EDMObjective, EpsObjective, VObjective, expand_like
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import EDMSchedule
@@ -103,6 +104,7 @@ class Gaussian:
     consistency function f(x, sigma) = x sqrt((std^2 + sigma_min^2) / (std^2 + sigma^2))."""
 
     objective = ConsistencyObjective(EDMObjective(), 0.002)
+    noise = staticmethod(independent)  # as a Denoiser's: the noise is drawn as it is
 
     def __init__(self, std: float, consistent: bool):
         self.std, self.consistent = std, consistent

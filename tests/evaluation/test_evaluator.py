@@ -44,7 +44,7 @@ def check_metrics_react(
 def test_metrics_react_on_digits_at_mnist_shape(tmp_path):
     datasets = partial(ds.digits, image_size=28)
     evaluator = Evaluator(
-        datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=20_000
+        datasets, num_classes=10, cache_dir=str(tmp_path), classifier_images=10_000
     )
     evaluator.setup()
     assert evaluator.info["classifier_test_accuracy"] > 0.9

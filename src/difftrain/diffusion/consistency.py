@@ -200,7 +200,7 @@ class ConsistencyTuningLoss(ConsistencyLoss):
         """x_t and x_r on one shared noise, at t drawn log-normal and r at the stage's gap."""
         t, _ = self.levels(len(x0) * share.world, schedule, x0.device, generator)
         t = share.of(t.clamp(max=self.sigma_max)).to(x0.dtype)
-        noise = batch_noise(x0, share, generator)
+        noise = denoiser.noise(batch_noise(x0, share, generator))
         r = ect_gap(t, self.stage, self.q, self.k, self.b)
         return x0 + expand_like(t, x0) * noise, t, x0 + expand_like(r, x0) * noise, r
 
@@ -250,7 +250,7 @@ class ConsistencyDistillationLoss(ConsistencyLoss):
             self.num_levels - 1, (len(x0) * share.world,), device=x0.device, generator=generator
         )
         t, r = share.of(levels[n + 1]), share.of(levels[n])
-        x_t = x0 + expand_like(t, x0) * batch_noise(x0, share, generator)
+        x_t = x0 + expand_like(t, x0) * denoiser.noise(batch_noise(x0, share, generator))
         return x_t, t, heun_step(self.teacher, x_t, t, r, cond).to(x0.dtype), r
 
 
@@ -269,7 +269,7 @@ def sample_consistency(
     level of `sigmas` (ending in 0), renoised to the next; NFE = len(sigmas) - 1."""
     for i in range(len(sigmas) - 1):
         x0 = denoiser(x, sigmas[i], cond)
-        x = x0 + sigmas[i + 1] * _noise(x, generator) if sigmas[i + 1] > 0 else x0
+        x = x0 + sigmas[i + 1] * _noise(x, generator, denoiser) if sigmas[i + 1] > 0 else x0
         if callback is not None:
             callback({"i": i, "x": x, "sigma": sigmas[i], "denoised": x0})
     return x

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from difftrain.diffusion.noise import NoiseModel, independent
 from difftrain.diffusion.objectives import Objective, expand_like
 from difftrain.nets.protocol import Cond
 
@@ -18,13 +19,15 @@ class Denoiser(nn.Module):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise): an x0-estimate whatever the objective.
 
     `net(x, c_noise, **cond)` is any network mapping x (B, *shape) to the same shape
-    (`nets.protocol.Net`).
+    (`nets.protocol.Net`). `noise` shapes the standard-normal draws of x = x0 + sigma n, in
+    training and sampling alike (`diffusion.noise`; independent by default).
     """
 
-    def __init__(self, net: nn.Module, objective: Objective):
+    def __init__(self, net: nn.Module, objective: Objective, noise: NoiseModel | None = None):
         super().__init__()
         self.net = net
         self.objective = objective
+        self.noise = noise or independent
 
     def forward(
         self, x: Tensor, sigma: Tensor, cond: Cond | None = None, raw: bool = False
@@ -55,6 +58,10 @@ class Ensemble(nn.Module):
     @property
     def net(self) -> nn.Module:
         return self.members[0].net
+
+    @property
+    def noise(self) -> NoiseModel:
+        return self.members[0].noise
 
     def forward(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
         return torch.stack([member(x, sigma, cond) for member in self.members]).mean(0)

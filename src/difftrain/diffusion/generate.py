@@ -172,7 +172,7 @@ class Diffusion:
         device = next(self.denoiser.parameters()).device
         for first in range(start, start + n, batch_size):
             index = torch.arange(first, min(first + batch_size, start + n))
-            noise = seeded_noise(seed, index, self.shape).to(device)
+            noise = self.denoiser.noise(seeded_noise(seed, index, self.shape).to(device))
             cond = {} if y is None else {"class_labels": y[index - start].to(device)}
             if tokens is not None:
                 cond["text_tokens"] = tokens[index - start].to(device)
@@ -180,7 +180,14 @@ class Diffusion:
                 rows = index - start
                 cond.update(given_values(given[rows].to(device), given_mask[rows].to(device)))
             steps = seeded_generator(seed, STEP_STREAM + first, device)
-            x, nfe = sampler(denoiser, noise, self.schedule, cond=cond, generator=steps)
+            x, nfe = sampler(
+                denoiser,
+                noise,
+                self.schedule,
+                cond=cond,
+                generator=steps,
+                noise_model=self.denoiser.noise,
+            )
             if given is not None:  # the given values, as they were
                 x = keep_given(x, cond)
             yield (x if self.decoder is None else self.decoder(x)).cpu(), nfe

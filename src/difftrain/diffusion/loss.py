@@ -51,7 +51,7 @@ class DenoisingLoss(nn.Module):
         # Noise levels and noise, drawn for the global batch: this process keeps its share.
         n = len(x0) * share.world
         sigma, importance = map(share.of, self.noise_levels(n, schedule, x0.device, generator))
-        noise = batch_noise(x0, share, generator)
+        noise = denoiser.noise(batch_noise(x0, share, generator))
         sigma = sigma.to(x0.dtype)
         # The raw net's error at x0 + sigma noise, weighted by lambda(sigma) c_out^2 (Eq. 8).
         error, c_out = raw_error(denoiser, x0, sigma, noise, cond)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from difftrain.diffusion.denoiser import DenoiserFn
+from difftrain.diffusion.noise import NoiseModel, independent
 from difftrain.diffusion.schedules import NoiseSchedule, karras_sigmas
 from difftrain.nets.protocol import Cond
 
@@ -36,8 +37,10 @@ def solver_facts(multistep: bool = False, evaluations_per_step: int = 1) -> Call
     return mark
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _noise(x: Tensor, generator: torch.Generator | None, denoiser: DenoiserFn) -> Tensor:
+    """Fresh noise shaped like x, as the denoiser's noise model draws it (`Sampler` tells it)."""
+    z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return getattr(denoiser, "noise", independent)(z)
 
 
 def ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor]:
@@ -74,7 +77,7 @@ def sample_euler_ancestral(
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x0 + (x - x0) * (sigma_down / sigmas[i])
         if sigma_up > 0:
-            x = x + sigma_up * _noise(x, generator)
+            x = x + sigma_up * _noise(x, generator, denoiser)
         if callback is not None:
             callback({"i": i, "x": x, "sigma": sigmas[i], "denoised": x0})
     return x
@@ -119,7 +122,7 @@ def sample_heun(
         gamma = min(s_churn / steps, math.sqrt(2) - 1) if s_tmin <= sigma <= s_tmax else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:  # increase the noise level temporarily
-            x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * _noise(x, generator)
+            x = x + (sigma_hat**2 - sigma**2).sqrt() * s_noise * _noise(x, generator, denoiser)
         x0 = denoiser(x, sigma_hat, cond)
         d = (x - x0) / sigma_hat
         x_next = x + (sigma_next - sigma_hat) * d
@@ -164,7 +167,7 @@ def sample_dpmpp_2m_sde(
             if eta > 0:
                 x = (
                     x
-                    + _noise(x, generator)
+                    + _noise(x, generator, denoiser)
                     * sigma_next
                     * (-torch.expm1(-2 * eta_h)).sqrt()
                     * s_noise
@@ -183,10 +186,11 @@ def sample_dpmpp_2m(denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, **kwargs) -
 
 
 class _CountingDenoiser:
-    """Wraps a denoiser to count network evaluations (NFE)."""
+    """Wraps a denoiser to count network evaluations (NFE); `noise` is the model that stochastic
+    solvers draw fresh noise from."""
 
-    def __init__(self, denoiser: DenoiserFn):
-        self.denoiser, self.nfe = denoiser, 0
+    def __init__(self, denoiser: DenoiserFn, noise: NoiseModel = independent):
+        self.denoiser, self.noise, self.nfe = denoiser, noise, 0
 
     def __call__(self, x: Tensor, sigma: Tensor, cond: Cond | None = None) -> Tensor:
         self.nfe += 1
@@ -267,10 +271,12 @@ class Sampler:
         cond: Cond | None = None,
         generator: torch.Generator | None = None,
         callback: Callback | None = None,
+        noise_model: NoiseModel = independent,
     ) -> tuple[Tensor, int]:
-        """Samples (B, C, H, W) from standard-normal `noise` and the number of network evaluations."""
+        """Samples (B, *shape) from `noise` (drawn by `noise_model`, which stochastic solvers
+        draw their fresh noise from too) and the number of network evaluations."""
         sigmas = self.sigmas(schedule).to(noise.device)
-        counting = _CountingDenoiser(denoiser)
+        counting = _CountingDenoiser(denoiser, noise_model)
         x = noise * (sigmas[0] ** 2 + 1).sqrt()  # the VP prior N(0, 1), in VE form
         x = self.solver(counting, x, sigmas, cond=cond, generator=generator, callback=callback)
         return x, counting.nfe

@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,8 +236,9 @@ def check_values(cfg: DictConfig) -> list[str]:
 
 def _types(annotation: Any) -> set[Any]:
     """The plain types an annotation admits (Union and Optional unpacked)."""
-    args = typing.get_args(annotation)
-    return set().union(*map(_types, args)) if args else {annotation}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*map(_types, typing.get_args(annotation)))
+    return {annotation}
 
 
 def _numeric(annotation: Any) -> bool:

@@ -93,7 +93,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> Traine
     net = instantiate(cfg.net)
     if cfg.model.get("lora") is not None:  # adapters on the pretrained weights of net.path
         instantiate(cfg.model.lora).apply(net)
-    denoiser = Denoiser(net, instantiate(cfg.objective))
+    denoiser = Denoiser(net, instantiate(cfg.objective), instantiate(cfg.model.get("noise")))
     state = {
         k[len(EMA_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(EMA_PREFIX)
     }

@@ -18,6 +18,7 @@ from difftrain.diffusion.consistency import (
 from difftrain.diffusion.denoiser import Denoiser
 from difftrain.diffusion.generate import Diffusion
 from difftrain.diffusion.loss import DenoisingLoss
+from difftrain.diffusion.noise import NoiseModel
 from difftrain.diffusion.objectives import Objective, check_compatible
 from difftrain.diffusion.samplers import Sampler
 from difftrain.diffusion.schedules import NoiseSchedule
@@ -70,7 +71,8 @@ class DiffusionModule(L.LightningModule):
     With `init_from` (an image run's checkpoint), a video net starts from that run's EMA weights
     in its spatial layers (`nets.temporal.inflate`): at first it is the image net frame by frame.
     With `freeze_init` those weights stay as loaded and only the new (temporal) layers train, as
-    AnimateDiff trains its motion module (Guo et al. 2024).
+    AnimateDiff trains its motion module (Guo et al. 2024). With `noise` (`diffusion.noise`, e.g.
+    noise shared in part by a clip's frames) the noise of training and sampling is that model's.
 
     With `lora` (a diffusers net), low-rank adapters are added to the net and alone train; the
     EMA and the checkpoints then hold the adapters alone (`nets.lora`), which a resume or
@@ -119,6 +121,7 @@ class DiffusionModule(L.LightningModule):
         boundary_sigma: float | None = None,
         lora: LoRA | None = None,
         prior_preservation: PriorPreservation | None = None,
+        noise: NoiseModel | None = None,
     ):
         super().__init__()
         check_compatible(schedule, objective)
@@ -142,7 +145,7 @@ class DiffusionModule(L.LightningModule):
                 if freeze_init and name in loaded:  # only the new (temporal) layers learn
                     param.requires_grad_(False)
             if isinstance(loss, ConsistencyDistillationLoss):  # the frozen teacher, as loaded
-                loss.set_teacher(Denoiser(copy.deepcopy(net), teacher_objective))
+                loss.set_teacher(Denoiser(copy.deepcopy(net), teacher_objective, noise))
         if lora is not None:  # before the EMA copies the net: only the adapters train
             lora.apply(net)
         self.conditioning = conditioning or conditioning_for(
@@ -154,7 +157,9 @@ class DiffusionModule(L.LightningModule):
                 f"augmentation labels have {augment.label_dim} values but net.augment_dim="
                 f"{net.augment_dim}: set net.augment_dim={augment.label_dim} (augment=edm does)"
             )
-        self.denoiser = Denoiser(net, objective)
+        if noise is not None:  # refused now, naming the fix, where the samples cannot take it
+            noise(torch.zeros(1, *net.sample_shape))
+        self.denoiser = Denoiser(net, objective, noise)
         self.ema = EMA(self.denoiser, ema_decay)
         # A LoRA run's checkpoints keep the adapters alone: the rest is net.path's, as loaded.
         self.frozen = frozen_names(self.denoiser) if lora is not None else set()

@@ -50,7 +50,7 @@ class FixedValidation(nn.Module):
     ) -> None:
         """Score a batch x0 (B, *shape) of validation examples number `index` (B,)."""
         sigma, noise = self.fixed_noise(index, x0.shape[1:])
-        sigma, noise = sigma.to(x0), noise.to(x0)
+        sigma, noise = sigma.to(x0), ema.noise(noise.to(x0))
         losses = x0_error(ema, x0, sigma, noise, cond)
         self.loss.update(losses)
         self.loss_online.update(x0_error(online, x0, sigma, noise, cond))
