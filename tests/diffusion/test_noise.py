@@ -83,11 +83,20 @@ def test_sampling_starts_from_and_adds_the_denoisers_noise(solver):
     assert spread(MixedFrameNoise(0.99)) < 0.15 < 0.8 < spread(None)
 
 
-def test_a_clip_run_trains_samples_and_reloads_with_shared_noise(tmp_path):
-    cfg = compose_cfg(tmp_path, *CLIPS, "noise=mixed_frames", "model.noise.correlation=0.9",
-                      "trainer.max_steps=2", "trainer.val_check_interval=2")  # fmt: skip
-    train(cfg)
-    model = load_trained(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+def test_a_clip_run_with_shared_noise_resumes_exactly_and_samples_with_it(tmp_path):
+    shared = [*CLIPS, "noise=mixed_frames", "model.noise.correlation=0.9"]
+    straight = compose_cfg(tmp_path / "straight", *shared)
+    train(straight)
+    first = compose_cfg(tmp_path / "a", *shared, "trainer.max_steps=2")
+    train(first)
+    resumed = compose_cfg(
+        tmp_path / "b", *shared, f"ckpt_path={first.paths.output_dir}/checkpoints/last.ckpt"
+    )
+    train(resumed)
+    a, b = (torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+                       weights_only=False)["state_dict"] for cfg in (straight, resumed))  # fmt: skip
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model = load_trained(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
     assert model.diffusion.denoiser.noise.correlation == 0.9
     clips, _ = model.sample(2, labels=[1, 2])
     assert clips.shape == (2, 4, 16, 16, 1)
