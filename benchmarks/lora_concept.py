@@ -32,8 +32,9 @@ from difftrain.config import CONFIG_DIR
 SEVEN = ["red", "green", "blue", "yellow", "white", "magenta", "orange"]
 
 
-def tiny_clip(folder: Path) -> Path:
-    """A random tiny CLIP text model with a character-level tokenizer (as the tests make one)."""
+def tiny_clip(folder: Path, width: int = 64, heads: int = 4, max_length: int = 77) -> Path:
+    """A random tiny CLIP text model (`width` wide, 2 layers) with a character-level CLIP
+    tokenizer, saved as save_pretrained writes a real one (the tests' `clip_dir` is one)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if (folder / "config.json").is_file():
@@ -47,9 +48,9 @@ def tiny_clip(folder: Path) -> Path:
     (folder / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1,
+        vocab_size=len(vocab), hidden_size=width, intermediate_size=2 * width,
+        num_hidden_layers=2, num_attention_heads=heads, max_position_embeddings=max_length,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
     )  # fmt: skip
     torch.manual_seed(0)
     CLIPTextModel(config).save_pretrained(folder)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import pickle
 import shutil
-import string
 import struct
 import subprocess
 import sys
@@ -17,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -213,22 +210,6 @@ def clip_dir(tmp_path_factory) -> Path:
     """A randomly initialized tiny CLIP text model with a character-level CLIP tokenizer, saved
     as save_pretrained writes a real one: text_encoder=clip without a download."""
     pytest.importorskip("transformers")
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from benchmarks.lora_concept import tiny_clip
 
-    folder = tmp_path_factory.mktemp("clip")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + "'":
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=40, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    CLIPTextModel(config).save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    return folder / "model"
+    return tiny_clip(tmp_path_factory.mktemp("clip") / "model", width=32, heads=2, max_length=40)
