@@ -231,6 +231,12 @@ def test_experiment(make_cfg, option):
     assert isinstance(model, DiffusionModule) and isinstance(model.denoiser, Denoiser)
 
 
+def test_moving_digits_evaluates_in_training_as_difftrain_eval_does(make_cfg):
+    cfg = make_cfg("experiment=moving_digits")  # the run's own Heun 18, not DPM-Solver++(2M) 10
+    assert cfg.callbacks.evaluate.sampler == cfg.sampler
+    assert cfg.sampler.solver._target_.endswith("sample_heun") and cfg.sampler.steps == 18
+
+
 @pytest.mark.parametrize("option", options("debug"))
 def test_debug(make_cfg, option):
     cfg = make_cfg(f"debug={option}", "trainer.accelerator=cpu")
