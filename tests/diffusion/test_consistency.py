@@ -137,3 +137,26 @@ def test_the_teacher_heun_step_follows_the_ode_and_cd_is_near_zero_at_the_true_f
     assert levels.min() >= lowest**7 * 0.999 and levels.max() <= 80  # adjacent Karras levels
     with pytest.raises(ValueError, match="model.init_from"):
         ConsistencyDistillationLoss()(Gaussian(0.5, True), EDMSchedule(), x0)
+
+
+def test_cd_splits_the_teacher_step_and_follows_a_level_curriculum():
+    t, r = torch.tensor([80.0, 20.0]), torch.tensor([2.0, 0.5])  # long links, as few levels make
+    x = torch.randn(2, 2) * (0.25 + t[:, None] ** 2).sqrt()
+    exact = x * ((0.25 + r[:, None] ** 2) / (0.25 + t[:, None] ** 2)).sqrt()
+    one, four = (heun_step(Gaussian(0.5, False), x, t, r, steps=n) for n in (1, 4))
+    assert (four - exact).abs().max() < (one - exact).abs().max() / 4
+    loss = ConsistencyDistillationLoss(levels=[3, 18], teacher_steps=2, total_steps=100)
+    loss.__dict__["teacher"] = Gaussian(0.5, consistent=False)
+    x0 = 0.5 * torch.randn(512, 2)
+    for step, count in [(0, 3), (49, 3), (50, 18), (100, 18)]:
+        loss.set_step(step)
+        _, levels = loss(Gaussian(0.5, True), EDMSchedule(), x0)
+        if count == 3:  # 3 Karras levels: the middle one and sigma_max are the only t
+            middle = ((0.002 ** (1 / 7) + 80 ** (1 / 7)) / 2) ** 7
+            allowed = torch.tensor([middle, 80.0])
+            assert torch.isclose(levels[:, None], allowed, rtol=1e-4).any(1).all(), levels.unique()
+        else:
+            assert len(levels.unique()) > 10
+    for bad in ({"levels": []}, {"levels": [1, 18]}, {"teacher_steps": 0}):
+        with pytest.raises(ValueError, match="loss: CD needs"):
+            ConsistencyDistillationLoss(**bad)

@@ -42,7 +42,7 @@ first level from pure noise, then for each next level sigma, x = f + sigma n and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -206,26 +206,60 @@ class ConsistencyTuningLoss(ConsistencyLoss):
 
 
 @torch.no_grad()
-def heun_step(denoiser: DenoiserFn, x: Tensor, t: Tensor, r: Tensor, cond: Cond | None = None):
-    """One Heun step of the probability-flow ODE dx/dsigma = (x - D(x)) / sigma from levels t to
-    r > 0, per example (B,) (Karras et al. 2022, Algorithm 1, one step)."""
-    t_, r_ = expand_like(t, x), expand_like(r, x)
-    d = (x - denoiser(x, t, cond)) / t_
-    x_euler = x + (r_ - t_) * d
-    return x + (r_ - t_) * (d + (x_euler - denoiser(x_euler, r, cond)) / r_) / 2
+def heun_step(
+    denoiser: DenoiserFn, x: Tensor, t: Tensor, r: Tensor, cond: Cond | None = None, steps: int = 1
+) -> Tensor:
+    """Heun's method for the probability-flow ODE dx/dsigma = (x - D(x)) / sigma from levels t to
+    r > 0, per example (B,) (Karras et al. 2022, Algorithm 1), in `steps` steps at levels spaced
+    evenly in log sigma: t (r / t)^(i / steps)."""
+    for i in range(steps):
+        t_i = t * (r / t) ** (i / steps)
+        r_i = r if i == steps - 1 else t * (r / t) ** ((i + 1) / steps)
+        t_, r_ = expand_like(t_i, x), expand_like(r_i, x)
+        d = (x - denoiser(x, t_i, cond)) / t_
+        x_euler = x + (r_ - t_) * d
+        x = x + (r_ - t_) * (d + (x_euler - denoiser(x_euler, r_i, cond)) / r_) / 2
+    return x
 
 
 class ConsistencyDistillationLoss(ConsistencyLoss):
     """Consistency distillation (see the module's docstring): the target is the frozen
-    `teacher`'s Heun step between adjacent levels of `levels` Karras levels. `teacher` (a `Denoiser` with the run's own objective) is set by the training module
-    from `model.init_from`; it is not a submodule, so the checkpoint does not carry it."""
+    `teacher`'s Heun step between adjacent levels of `levels` Karras levels. `teacher` (a
+    `Denoiser` with the run's own objective) is set by the training module from
+    `model.init_from`; it is not a submodule, so the checkpoint does not carry it.
 
-    def __init__(self, levels: int = 18, rho: float = 7.0, c: float = 0.0, sigma_max: float = 80.0):
-        if levels < 2:
+    `levels` may be a list, a curriculum of level counts (as improved consistency training's
+    N(k) grows, Song & Dhariwal 2023, Sec. 3.4): each count serves an equal share of
+    `total_steps` schedule steps (`set_step`; under a time budget the share of the budget), so
+    `[7, 18]` first carries the boundary up to sigma_max in 6 links, then refines with 17.
+    `teacher_steps` splits each teacher step into that many Heun steps (evenly in log sigma):
+    coarse levels with the teacher's ODE solved as finely as more levels would."""
+
+    def __init__(
+        self,
+        levels: int | Sequence[int] = 18,
+        rho: float = 7.0,
+        c: float = 0.0,
+        sigma_max: float = 80.0,
+        teacher_steps: int = 1,
+        total_steps: int = 1,
+    ):
+        counts = [levels] if isinstance(levels, int) else [int(n) for n in levels]
+        if not counts or min(counts) < 2:
             raise ValueError(f"loss: CD needs levels >= 2 noise levels, got {levels}")
+        if teacher_steps < 1 or total_steps < 1:
+            raise ValueError(
+                f"loss: CD needs teacher_steps >= 1 and total_steps >= 1, got "
+                f"teacher_steps={teacher_steps}, total_steps={total_steps}"
+            )
         super().__init__(c, sigma_max)
-        self.num_levels, self.rho = levels, rho
+        self.curriculum, self.num_levels, self.rho = counts, counts[0], rho
+        self.teacher_steps, self.total_steps = teacher_steps, total_steps
         self.__dict__["teacher"] = None
+
+    def set_step(self, step: int) -> None:
+        stages = len(self.curriculum)
+        self.num_levels = self.curriculum[min(stages - 1, stages * step // self.total_steps)]
 
     def set_teacher(self, teacher: Denoiser) -> None:
         teacher.eval().requires_grad_(False)
@@ -251,7 +285,8 @@ class ConsistencyDistillationLoss(ConsistencyLoss):
         )
         t, r = share.of(levels[n + 1]), share.of(levels[n])
         x_t = x0 + expand_like(t, x0) * denoiser.noise(batch_noise(x0, share, generator))
-        return x_t, t, heun_step(self.teacher, x_t, t, r, cond).to(x0.dtype), r
+        x_r = heun_step(self.teacher, x_t, t, r, cond, self.teacher_steps)
+        return x_t, t, x_r.to(x0.dtype), r
 
 
 @solver_facts(multistep=False)
