@@ -43,6 +43,7 @@ first level from pure noise, then for each next level sigma, x = f + sigma n and
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +79,12 @@ def ect_gap(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.
     """ECT's r for levels t at `stage`: t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), at least 0."""
     shrink = q ** -(stage + 1) * (1 + k * torch.sigmoid(-b * t))
     return (t * (1 - shrink)).clamp(min=0)
+
+
+def stage_at(step: int, stages: int, total_steps: int) -> int:
+    """Which of `stages` equal shares of `total_steps` (schedule) steps `step` falls in, the last
+    one from `total_steps` on: ECT's stage and CD's curriculum."""
+    return min(stages - 1, stages * step // total_steps)
 
 
 def _rng_state(device: torch.device) -> Callable[[], None]:
@@ -186,7 +193,7 @@ class ConsistencyTuningLoss(ConsistencyLoss):
         self.stage = 0
 
     def set_step(self, step: int) -> None:
-        self.stage = min(self.stages - 1, self.stages * step // self.total_steps)
+        self.stage = stage_at(step, self.stages, self.total_steps)
 
     def pair(
         self,
@@ -212,9 +219,8 @@ def heun_step(
     """Heun's method for the probability-flow ODE dx/dsigma = (x - D(x)) / sigma from levels t to
     r > 0, per example (B,) (Karras et al. 2022, Algorithm 1), in `steps` steps at levels spaced
     evenly in log sigma: t (r / t)^(i / steps)."""
-    for i in range(steps):
-        t_i = t * (r / t) ** (i / steps)
-        r_i = r if i == steps - 1 else t * (r / t) ** ((i + 1) / steps)
+    levels = [t * (r / t) ** (i / steps) for i in range(steps)] + [r]
+    for t_i, r_i in pairwise(levels):
         t_, r_ = expand_like(t_i, x), expand_like(r_i, x)
         d = (x - denoiser(x, t_i, cond)) / t_
         x_euler = x + (r_ - t_) * d
@@ -258,8 +264,7 @@ class ConsistencyDistillationLoss(ConsistencyLoss):
         self.__dict__["teacher"] = None
 
     def set_step(self, step: int) -> None:
-        stages = len(self.curriculum)
-        self.num_levels = self.curriculum[min(stages - 1, stages * step // self.total_steps)]
+        self.num_levels = self.curriculum[stage_at(step, len(self.curriculum), self.total_steps)]
 
     def set_teacher(self, teacher: Denoiser) -> None:
         teacher.eval().requires_grad_(False)
